@@ -1,0 +1,3 @@
+"""iddpm: Improved Denoising Diffusion Probabilistic Models (Nichol & Dhariwal, 2021)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+"""Frozen configuration dataclasses with the paper's defaults (PAPER.md, "The network").
+
+Strings for choices live here and at the CLI; `build.py` turns them into enums. Every
+dataclass validates itself in `__post_init__` with one-line `ValueError`s that name the
+problem and the fix, and round-trips losslessly through `to_dict`/`from_dict` (JSON-safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SCHEDULES = ("linear", "cosine")
+MEAN_TYPES = ("epsilon", "x0", "prev-mean")
+VAR_TYPES = ("learned-range", "learned", "fixed-small", "fixed-large")
+LOSSES = ("hybrid", "simple", "vlb")
+TIMESTEP_SAMPLERS = ("uniform", "importance")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+T = TypeVar("T")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+class _Serializable:
+    """Lossless dict round trip; tuples come back as tuples, unknown keys are rejected."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, _Serializable) else _jsonable(v)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+                f"known fields: {', '.join(fields)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in d.items():
+            default = getattr(cls, name, None) if name in fields else None
+            sub = _SUBCONFIGS.get((cls.__name__, name))
+            if sub is not None:
+                kwargs[name] = sub.from_dict(value)
+            elif isinstance(value, list) or isinstance(default, tuple):
+                kwargs[name] = tuple(value) if value is not None else None
+            else:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(_Serializable):
+    """The diffusion process and objective (PAPER.md P4–P13).
+
+    `rescale_timesteps`: the model sees t scaled to [0, 1000) whatever T is (the authors'
+    training default), so a model trained with T = 4000 and one with T = 1000 see the
+    same range.
+    """
+
+    num_timesteps: int = 4000
+    schedule: str = "cosine"
+    mean_type: str = "epsilon"
+    var_type: str = "learned-range"
+    loss: str = "hybrid"
+    vlb_weight: float = 0.001
+    timestep_sampler: str = "uniform"
+    rescale_timesteps: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
+            raise ValueError(
+                f"num_timesteps must be an integer >= 1, got {self.num_timesteps!r}; "
+                "the paper uses 1000 or 4000"
+            )
+        _choice("noise schedule", self.schedule, SCHEDULES)
+        _choice("mean type", self.mean_type, MEAN_TYPES)
+        _choice("variance type", self.var_type, VAR_TYPES)
+        _choice("loss", self.loss, LOSSES)
+        _choice("timestep sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
+        _positive("vlb_weight", self.vlb_weight)
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.var_type in ("learned", "learned-range")
+
+
+@dataclass(frozen=True)
+class UNetConfig(_Serializable):
+    """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
+
+    `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
+    downsampling rates. `out_channels` is 2·in_channels when the variance is learned.
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    model_channels: int = 128
+    out_channels: int = 6
+    num_res_blocks: int = 3
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_heads: int = 4
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = True
+    num_classes: int | None = None
+    conv_resample: bool = True
+    num_groups: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "model_channels", "out_channels"):
+            _positive(name, getattr(self, name))
+        _positive("num_res_blocks", self.num_res_blocks)
+        _positive("num_heads", self.num_heads)
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(
+                f"channel_mult must be a non-empty list of positive integers, "
+                f"got {self.channel_mult!r}"
+            )
+        down = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % down:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by {down} "
+                f"({len(self.channel_mult)} resolution levels); use fewer channel_mult "
+                "entries or a larger image"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 or None, got {self.num_classes!r}")
+        widths = {self.model_channels * m for m in self.channel_mult}
+        bad = sorted(w for w in widths if w % self.num_groups)
+        if bad:
+            raise ValueError(
+                f"channel widths {bad} are not divisible by num_groups={self.num_groups}; "
+                "choose model_channels as a multiple of num_groups"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serializable):
+    """Optimisation and run bookkeeping. `batch_size` is global (all ranks together);
+    `microbatch` is the per-rank micro-batch (0: the whole per-rank batch at once)."""
+
+    data: str = "digits"
+    class_cond: bool = False
+    random_flip: bool = True
+    batch_size: int = 128
+    microbatch: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    ema_rates: tuple[float, ...] = (0.9999,)
+    grad_clip: float = 0.0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    steps: int = 500_000
+    log_every: int = 100
+    sample_every: int = 0
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("microbatch", self.microbatch, allow_zero=True)
+        if self.microbatch and self.batch_size % self.microbatch:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is not divisible by --microbatch "
+                f"{self.microbatch}; use a divisor of the batch size"
+            )
+        _positive("lr", self.lr)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("grad_clip", self.grad_clip, allow_zero=True)
+        if not self.ema_rates or any(not 0.0 <= r < 1.0 for r in self.ema_rates):
+            raise ValueError(f"ema_rates must be values in [0, 1), got {self.ema_rates!r}")
+        _choice("precision", self.precision, PRECISIONS)
+        _positive("steps", self.steps, allow_zero=True)
+        _positive("log_every", self.log_every)
+        _positive("sample_every", self.sample_every, allow_zero=True)
+        _positive("checkpoint_every", self.checkpoint_every)
+        _positive("keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(_Serializable):
+    """Everything a run needs; stored as `config.json` and inside every checkpoint."""
+
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        want = self.model.in_channels * (2 if self.diffusion.learn_sigma else 1)
+        if self.model.out_channels != want:
+            raise ValueError(
+                f"model out_channels {self.model.out_channels} does not match variance type "
+                f"{self.diffusion.var_type!r} with {self.model.in_channels} image channels; "
+                f"use out_channels={want}"
+            )
+
+
+@dataclass(frozen=True)
+class SampleConfig(_Serializable):
+    """How to draw samples. `steps` is a step spec ("250", "ddim50", "10,15,20", or "" for
+    all T steps). Sample i depends only on (seed, i)."""
+
+    num: int = 64
+    steps: str = ""
+    ddim: bool = False
+    eta: float = 0.0
+    clip_denoised: bool = True
+    use_ema: bool = True
+    batch_size: int = 64
+    seed: int = 0
+    class_label: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("num", self.num)
+        _positive("batch_size", self.batch_size)
+        _positive("eta", self.eta, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Serializable):
+    """Bits/dim evaluation. `timestep_batch`: timesteps evaluated per network call for each
+    image; `mc_timesteps` > 0 switches to the unbiased Monte-Carlo estimate of the bound."""
+
+    data: str = "digits"
+    split: str = "test"
+    num_images: int = 0
+    steps: str = ""
+    batch_size: int = 64
+    timestep_batch: int = 16
+    mc_timesteps: int = 0
+    use_ema: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("split", self.split, ("train", "test"))
+        _positive("num_images", self.num_images, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+        _positive("timestep_batch", self.timestep_batch)
+        _positive("mc_timesteps", self.mc_timesteps, allow_zero=True)
+
+
+_SUBCONFIGS: dict[tuple[str, str], type[_Serializable]] = {
+    ("ExperimentConfig", "diffusion"): DiffusionConfig,
+    ("ExperimentConfig", "model"): UNetConfig,
+    ("ExperimentConfig", "train"): TrainConfig,
+}

@@ -1,0 +1,1 @@
+"""iddpm.train."""

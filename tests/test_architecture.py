@@ -1,0 +1,142 @@
+"""Import layering (DESIGN.md §2): every `iddpm` import must be an allowed edge."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "iddpm"
+
+# module -> iddpm modules it may import (prefix match: "diffusion" allows diffusion.*).
+DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "losses"]
+ALLOWED: dict[str, set[str]] = {
+    "config": set(),
+    "_tensor": set(),
+    "diffusion.schedules": {"_tensor"},
+    "diffusion.gaussian": {"_tensor", "diffusion.schedules"},
+    "diffusion.likelihood": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
+    "diffusion.losses": {
+        "_tensor",
+        "diffusion.schedules",
+        "diffusion.gaussian",
+        "diffusion.likelihood",
+    },
+    "diffusion.timestep_sampler": {"_tensor"},
+    "diffusion.respace": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
+    "diffusion.samplers": {"_tensor", "diffusion.gaussian", "diffusion.respace"},
+    "model.layers": set(),
+    "model.unet": {"model.layers", "config"},
+    "model.convert": {"model.layers", "model.unet", "config"},
+    "data.images": {"config"},
+    "data.bundled": {"data.images", "config"},
+    "data.loader": set(),
+    "data.cifar": {"data.images", "config"},
+    "data.spec": {"data.images", "data.bundled", "data.cifar", "config"},
+    "distributed": set(),
+    "checkpoint": {"config"},
+    "build": {"config", "diffusion", "model", "checkpoint"},
+    "train.ema": set(),
+    "train.metrics": set(),
+    "train.trainer": {
+        "diffusion.losses",
+        "diffusion.timestep_sampler",
+        "train.ema",
+        "train.metrics",
+        "distributed",
+        "checkpoint",
+        "config",
+        "_tensor",
+    },
+    "generate": {
+        "diffusion.samplers",
+        "diffusion.respace",
+        "build",
+        "checkpoint",
+        "distributed",
+        "config",
+    },
+    "eval.nll": {
+        "diffusion.likelihood",
+        "diffusion.respace",
+        "build",
+        "checkpoint",
+        "distributed",
+        "config",
+    },
+    "eval.fid": {"distributed", "generate"},
+    "eval.features": {"distributed"},
+    "plots": {"config", "diffusion.schedules"},
+    "report": {"config", "plots"},
+    "demo": {"*"},
+    "ablate": {"*"},
+    "cli": {"*"},
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _iddpm_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    pkg = _module_name(path).rsplit(".", 1)[0] if "." in _module_name(path) else ""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name[len("iddpm.") :] for a in node.names if a.name.startswith("iddpm."))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = pkg.split(".")[: max(0, len(pkg.split(".")) - node.level + 1)]
+                mod = ".".join([*base, node.module or ""]).strip(".")
+            elif node.module and node.module.startswith("iddpm"):
+                mod = node.module[len("iddpm") :].lstrip(".")
+            else:
+                continue
+            if mod:
+                found.add(mod)
+            else:  # `from iddpm import x`: treat each name as a module
+                found.update(a.name for a in node.names)
+    return found
+
+
+def _allowed(importer: str, imported: str) -> bool:
+    rules = ALLOWED[importer]
+    if "*" in rules and not imported.startswith("cli"):
+        return True
+    if imported.startswith(importer.split(".")[0] + ".") and importer.startswith("diffusion."):
+        return imported in rules
+    return any(imported == r or imported.startswith(r + ".") for r in rules)
+
+
+SOURCES = sorted(
+    p for p in SRC.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: _module_name(p))
+def test_module_imports_follow_the_layering(path: Path) -> None:
+    name = _module_name(path)
+    assert name in ALLOWED, f"{name} is not in the layering table; add it with its allowed edges"
+    bad = sorted(m for m in _iddpm_imports(path) if not _allowed(name, m))
+    assert not bad, f"{name} imports {bad}, which DESIGN.md's layering forbids"
+
+
+def test_package_init_files_import_nothing_that_breaks_layering() -> None:
+    # Sub-package __init__ files stay thin so importing one layer never drags in another.
+    for init in SRC.rglob("__init__.py"):
+        if init.parent == SRC:
+            continue
+        imports = _iddpm_imports(init)
+        pkg = _module_name(init)
+        assert all(m.startswith(pkg) for m in imports), f"{init} imports outside its package"
+
+
+def test_nothing_imports_cli() -> None:
+    for path in SOURCES:
+        if _module_name(path) == "cli":
+            continue
+        assert not any(m == "cli" for m in _iddpm_imports(path)), f"{path} imports cli"
