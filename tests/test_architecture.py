@@ -112,9 +112,7 @@ def _allowed(importer: str, imported: str) -> bool:
     return any(imported == r or imported.startswith(r + ".") for r in rules)
 
 
-SOURCES = sorted(
-    p for p in SRC.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
-)
+SOURCES = sorted(p for p in SRC.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: _module_name(p))

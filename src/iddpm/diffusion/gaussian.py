@@ -87,7 +87,9 @@ class GaussianDiffusion:
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or betas.numel() < 1:
-            raise ValueError(f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas must be a non-empty 1-d tensor, got shape {tuple(betas.shape)}"
+            )
         if not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must lie in (0, 1]; build them with iddpm.diffusion.schedules")
         if not isinstance(mean_type, MeanType) or not isinstance(var_type, VarType):
@@ -122,7 +124,9 @@ class GaussianDiffusion:
             torch.cat([first, self.posterior_variance[1:]])
         )
         self.posterior_mean_coef1 = betas * acp_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - acp_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - acp_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        )
 
         # (P8) fixed-large σ² = β_t, except β̃_1 at the first step: the authors' choice "to get
         # a better decoder log likelihood" (β_1 would make the decoder needlessly wide).
@@ -177,9 +181,10 @@ class GaussianDiffusion:
         """
         check_same_shape("x0", x0, "x_t", x_t)
         self._check(t, x_t)
-        mean = self._at("posterior_mean_coef1", t, x_t) * x0 + self._at(
-            "posterior_mean_coef2", t, x_t
-        ) * x_t
+        mean = (
+            self._at("posterior_mean_coef1", t, x_t) * x0
+            + self._at("posterior_mean_coef2", t, x_t) * x_t
+        )
         var = self._at("posterior_variance", t, x_t).expand_as(x_t)
         log_var = self._at("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         return mean, var, log_var
@@ -210,14 +215,16 @@ class GaussianDiffusion:
         return (prev_mean - self._at("posterior_mean_coef2", t, x_t) * x_t) / coef1
 
     # ------------------------------------------------------------------ reverse process
-    def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor) -> tuple[
-        torch.Tensor, torch.Tensor | None
-    ]:
+    def split_output(
+        self, model_output: torch.Tensor, x_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split a model output into (mean channels, variance channels or None)."""
         c = x_t.shape[1]
         want = 2 * c if self.var_type.learned else c
-        if model_output.ndim != x_t.ndim or model_output.shape[1] != want or (
-            model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:]
+        if (
+            model_output.ndim != x_t.ndim
+            or model_output.shape[1] != want
+            or (model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:])
         ):
             raise ValueError(
                 f"model output has shape {tuple(model_output.shape)} but variance type "

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 
 NAMES = ("linear", "cosine")
+# β_T = 0.02·1000/T must stay below 1 (and at most 0.999, like the cosine clip).
+LINEAR_MIN_STEPS = 21
 
 
 def _check_steps(num_timesteps: int) -> None:
@@ -26,6 +28,11 @@ def linear(num_timesteps: int) -> torch.Tensor:
     Returns [T] float64.
     """
     _check_steps(num_timesteps)
+    if num_timesteps < LINEAR_MIN_STEPS:
+        raise ValueError(
+            f"the linear schedule needs at least {LINEAR_MIN_STEPS} steps (its last beta, "
+            f"20/T, must stay below 1), got {num_timesteps}; use more steps or the cosine schedule"
+        )
     scale = 1000.0 / num_timesteps
     return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
 
