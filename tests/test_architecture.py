@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "iddpm"
 DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "losses"]
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
+    "presets": {"config"},
     "_tensor": set(),
     "diffusion.schedules": {"_tensor"},
     "diffusion.gaussian": {"_tensor", "diffusion.schedules"},

@@ -49,3 +49,25 @@ def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
             f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
             "they must match"
         )
+
+
+def to_uint8_nhwc(x: torch.Tensor):
+    """Model-range images [N, C, H, W] in [−1, 1] -> uint8 numpy [N, H, W, C].
+
+    Rounds to the nearest level ((x + 1)·127.5, round, clip) instead of truncating, so
+    x0 = v/127.5 − 1 maps back to exactly v.
+    """
+    levels = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return levels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def uint8_to_model(images) -> torch.Tensor:
+    """uint8 [N, H, W, C] (numpy or tensor) -> float32 [N, C, H, W] in [−1, 1], exactly
+    v/127.5 − 1 (PAPER.md, Conventions), so the discretised decoder's bins are exact."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ValueError(
+            f"images must be uint8 [N, H, W, C], got {x.dtype} with shape {tuple(x.shape)}; "
+            "decode to uint8 first"
+        )
+    return x.permute(0, 3, 1, 2).to(torch.float32).div(127.5).sub(1.0).contiguous()
