@@ -1,0 +1,119 @@
+"""distributed: safe without a process group; real collectives in a 2-process gloo group.
+
+The multi-process tests spawn their own ranks on this machine (gloo on CPU, a free port on
+localhost) and set the environment torchrun would, so `distributed.init()` is exercised
+exactly as in a real launch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from iddpm import distributed as dist_util
+
+
+def test_helpers_are_identities_without_a_process_group(capsys: pytest.CaptureFixture) -> None:
+    assert not dist_util.is_initialized()
+    assert (dist_util.rank(), dist_util.world_size(), dist_util.local_rank()) == (0, 1, 0)
+    assert dist_util.is_main()
+    x = torch.arange(5.0)
+    assert dist_util.all_gather_1d(x) is x
+    assert dist_util.all_reduce_sum(x) is x and torch.equal(x, torch.arange(5.0))
+    obj = {"a": [1, 2]}
+    assert dist_util.broadcast_object(obj) is obj
+    dist_util.barrier()
+    dist_util.shutdown()
+    assert dist_util.device() == (
+        torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    )
+    dist_util.print0("hello", 3)
+    assert capsys.readouterr() == ("", "hello 3\n")
+
+
+def test_init_without_launcher_environment_is_a_single_process_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert not dist_util.launched_by_torchrun()
+    assert dist_util.init() is False
+    assert dist_util.world_size() == 1
+
+
+def test_all_gather_1d_rejects_non_vectors() -> None:
+    with pytest.raises(ValueError, match="all_gather_1d takes a 1-d tensor"):
+        dist_util.all_gather_1d(torch.zeros(2, 2))
+
+
+def test_bad_local_rank_environment_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "zero")
+    with pytest.raises(ValueError, match="LOCAL_RANK='zero' is not an integer"):
+        dist_util._env_int("LOCAL_RANK", 0)
+
+
+# ---- multi-process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], out: str, args) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    assert dist_util.init(timeout_s=60)
+    try:
+        result = fn(*args)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist_util.shutdown()
+
+
+def run_ranks(world: int, fn: Callable[..., Any], tmp_path: Path, *args: Any) -> list[Any]:
+    """Run fn(*args) on `world` spawned gloo ranks; return each rank's (torch.save-able)
+    result in rank order. `fn` must be a module-level function."""
+    mp.spawn(_entry, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _collectives() -> dict[str, Any]:
+    r = dist_util.rank()
+    local = torch.arange(r + 2, dtype=torch.float64) + 10 * r  # lengths 2 and 3
+    summed = dist_util.all_reduce_sum(torch.tensor([r + 1.0]))
+    dist_util.barrier()
+    return {
+        "rank": r,
+        "world": dist_util.world_size(),
+        "main": dist_util.is_main(),
+        "gathered": dist_util.all_gather_1d(local),
+        "gathered_int": dist_util.all_gather_1d(torch.tensor([r], dtype=torch.int64)),
+        "summed": summed,
+        "broadcast": dist_util.broadcast_object({"from": r}),
+    }
+
+
+def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
+    results = run_ranks(2, _collectives, tmp_path)
+    want = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0], dtype=torch.float64)
+    for r, res in enumerate(results):
+        assert (res["rank"], res["world"], res["main"]) == (r, 2, r == 0)
+        assert torch.equal(res["gathered"], want)  # unequal lengths, rank order, no padding
+        assert torch.equal(res["gathered_int"], torch.tensor([0, 1]))
+        assert torch.equal(res["summed"], torch.tensor([3.0]))
+        assert res["broadcast"] == {"from": 0}
