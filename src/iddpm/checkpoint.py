@@ -1,0 +1,275 @@
+"""Run directories and checkpoints (DESIGN.md §5).
+
+Layout of a run directory:
+
+    RUN_DIR/config.json            the resolved ExperimentConfig
+    RUN_DIR/checkpoints/step_%08d.pt
+    RUN_DIR/checkpoints/latest     one line: the file name of the newest checkpoint
+    RUN_DIR/metrics.jsonl          one JSON object per logged step
+    RUN_DIR/samples/, RUN_DIR/plots/
+
+A checkpoint is a dict `{format_version, config, step, model, ema, optimizer, sampler,
+data, rng, ...}` holding only tensors and JSON-like values (dict, list, tuple, str, int,
+float, bool, None), so `torch.load(path, weights_only=True)` reads it and loading never
+runs pickled code. `ema` maps str(rate) to a {parameter name: float32 tensor} dict.
+
+Writes are atomic: the bytes go to a temporary file in the same directory, are flushed and
+fsynced, renamed over the final name with os.replace, and the directory is fsynced. The
+`latest` pointer is replaced the same way afterwards, so a crash at any point leaves the
+previous checkpoint and a `latest` that names a complete file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from iddpm.config import ExperimentConfig
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+PLOTS_DIR = "plots"
+LATEST = "latest"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory (nothing is created until `create`)."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def samples(self) -> Path:
+        return self.root / SAMPLES_DIR
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:08d}.pt"
+
+    def create(self, cfg: ExperimentConfig | None = None) -> RunDir:
+        """Make the folders and (when given) write config.json atomically."""
+        for d in (self.root, self.checkpoints, self.samples, self.plots):
+            d.mkdir(parents=True, exist_ok=True)
+        if cfg is not None:
+            text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+            _atomic_write(self.config_path, lambda f: f.write(text.encode()))
+        return self
+
+
+def run_dir(path: str | os.PathLike[str]) -> RunDir:
+    return RunDir(Path(path).expanduser())
+
+
+def save_checkpoint(
+    run: RunDir | str | os.PathLike[str],
+    state: dict[str, Any],
+    cfg: ExperimentConfig,
+    step: int,
+    keep: int = 3,
+) -> Path:
+    """Write `state` (plus format_version, config, step) as checkpoints/step_<step>.pt,
+    point `latest` at it and delete all but the newest `keep` checkpoints.
+
+    Raises TypeError (one line) when `state` holds anything but tensors and JSON-like
+    values, before touching the disk. Returns the checkpoint path.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 checkpoints, got {keep}")
+    run = run if isinstance(run, RunDir) else run_dir(run)
+    payload = {**state, "format_version": FORMAT_VERSION, "config": cfg.to_dict(), "step": step}
+    _check_plain(payload, "checkpoint")
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(run.checkpoints)
+    path = run.checkpoint_path(step)
+    _atomic_write(path, lambda f: torch.save(payload, f))
+    _atomic_write(run.checkpoints / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+    _apply_retention(run.checkpoints, keep, protect=path.name)
+    return path
+
+
+def resolve_checkpoint(path_or_run_dir: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, given a file, a run directory or its checkpoints/ folder.
+
+    For a directory: the file `latest` names, or the highest step if `latest` is missing
+    or stale.
+    """
+    p = Path(path_or_run_dir).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"no checkpoint or run directory at {p}; pass a .pt file or a run directory"
+        )
+    if p.is_file():
+        return p
+    folder = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
+    pointer = folder / LATEST
+    if pointer.is_file():
+        named = folder / pointer.read_text().strip()
+        if named.is_file():
+            return named
+    found = list_checkpoints(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"run directory {p} has no checkpoints in {folder}; train first or pass a .pt file"
+        )
+    return found[-1][1]
+
+
+def list_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(step, path) of every step_*.pt in `folder`, ascending by step."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = [(int(m.group(1)), e) for e in folder.iterdir() if (m := _NAME.match(e.name))]
+    return sorted(out)
+
+
+def load_checkpoint(
+    path_or_run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only) and check its format version.
+
+    One-line errors: FileNotFoundError for a missing path or a run with no checkpoints;
+    ValueError for a corrupt or truncated file or an unknown format_version.
+    """
+    path = resolve_checkpoint(path_or_run_dir)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}); "
+            "delete it and resume from an earlier checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise ValueError(f"{path} is not an iddpm checkpoint (no format_version); pass one")
+    version = state["format_version"]
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format_version {version!r} but this iddpm reads "
+            f"version {FORMAT_VERSION}; use the iddpm release that wrote it"
+        )
+    return state
+
+
+def checkpoint_config(state: dict[str, Any]) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(state["config"])
+
+
+def load_for_inference(
+    path_or_run_dir: str | os.PathLike[str], use_ema: bool = True
+) -> tuple[ExperimentConfig, dict[str, torch.Tensor]]:
+    """(config, model state_dict) for sampling or evaluation, with no other flags needed.
+
+    With `use_ema` and EMA weights present, the parameters come from the slowest EMA
+    (the largest rate, e.g. 0.9999 — the paper's evaluation weights), cast to the raw
+    model's dtypes; buffers always come from the raw model.
+    """
+    state = load_checkpoint(path_or_run_dir)
+    cfg = checkpoint_config(state)
+    weights = dict(state["model"])
+    emas = state.get("ema") or {}
+    if use_ema and emas:
+        slowest = max(emas, key=float)
+        for name, value in emas[slowest].items():
+            weights[name] = value.to(weights[name].dtype) if name in weights else value
+    return cfg, weights
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """write(f) into a temporary file next to `path`, fsync, os.replace, fsync the dir."""
+    # A plain open() (not mkstemp) so the file gets the usual umask permissions.
+    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    # Left behind only by a process killed mid-write; only rank 0 ever writes here.
+    for e in folder.iterdir():
+        if e.name.startswith(_TMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                e.unlink()
+
+
+def _apply_retention(folder: Path, keep: int, protect: str) -> None:
+    # Keep `keep` files in all: the protected one plus the highest other steps.
+    others = [path for _, path in list_checkpoints(folder) if path.name != protect]
+    for path in others[: max(0, len(others) - (keep - 1))]:
+        path.unlink()
+
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first value weights_only loading could not read."""
+    for key, value in _walk(obj, where):
+        if not isinstance(value, (*_PRIMITIVES, torch.Tensor)):
+            raise TypeError(
+                f"{key} is a {type(value).__name__}, which a weights_only checkpoint cannot "
+                "hold; store tensors, numbers, strings, lists or dicts"
+            )
+
+
+def _walk(obj: Any, where: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                yield f"{where} key {k!r}", k
+            yield from _walk(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{where}[{i}]")
+    else:
+        yield where, obj
