@@ -1,0 +1,97 @@
+"""Data SPEC strings → `ImageDataset` (DESIGN.md §4: the `--data` option).
+
+Accepted forms:
+
+- `digits`: scikit-learn's bundled 8×8 digits, its fixed train/test split (`bundled.py`);
+  resolution must be None or 8 (the digits are never resampled).
+- `cifar10:DIR`: the official CIFAR-10 python batches (`cifar.py`); train or test.
+- `FILE.npz`: uint8 images with optional labels (`images.load_npz`).
+- `DIR`: a folder of images (`images.load_image_folder`, RGB). If DIR has both `train/` and
+  `test/` sub-folders, the split picks one of them.
+
+Splits of a single file or folder: a `.npz`, or a folder without both `train/` and `test/`,
+is ONE split, returned whole for `split="train"` and for `split="test"`. iddpm never carves
+a held-out set out of your data on its own: name the file or folder holding the images you
+mean (the dataset's `name` records which one was read).
+
+Labels: the result carries labels exactly when `class_cond` is True (so the CLI passes
+`dataset.labels` straight to the batch iterator); asking for classes from a source without
+labels is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from iddpm.data.bundled import load_digits
+from iddpm.data.cifar import load_cifar10
+from iddpm.data.images import (
+    ImageDataset,
+    class_folders,
+    load_image_folder,
+    load_npz,
+    resize_images,
+)
+
+SPLITS = ("train", "test")
+FORMS = "digits, cifar10:DIR, FILE.npz, DIR (a folder of images)"
+
+
+def _digits(split: str, resolution: int | None) -> ImageDataset:
+    if resolution not in (None, 8):
+        raise ValueError(
+            f"the digits are 8x8, got resolution {resolution}; use resolution 8 (or leave it unset)"
+        )
+    return load_digits(split)
+
+
+def _cifar(directory: str, split: str, resolution: int | None) -> ImageDataset:
+    if not directory:
+        raise ValueError("data spec 'cifar10:' names no folder; use cifar10:DIR")
+    ds = load_cifar10(directory, split)
+    if resolution is None or resolution == ds.resolution:
+        return ds
+    return dataclasses.replace(ds, images=resize_images(ds.images, resolution))
+
+
+def _folder(root: Path, split: str, resolution: int | None, class_cond: bool) -> ImageDataset:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        if class_cond and class_folders(root / "train") != class_folders(root / "test"):
+            raise ValueError(
+                f"{root}/train and {root}/test have different class sub-folders; give both "
+                "the same class folder names so the class indices agree"
+            )
+        root = root / split
+    return load_image_folder(root, resolution, class_cond=class_cond)
+
+
+def load_dataset(
+    spec: str, split: str = "train", resolution: int | None = None, class_cond: bool = False
+) -> ImageDataset:
+    """Load the dataset a SPEC names (see the module docstring for the forms and splits).
+
+    Returns uint8 [N, R, R, C] images; labels int64 [N] when `class_cond`, else None.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if spec == "digits":
+        ds = _digits(split, resolution)
+    elif spec.startswith("cifar10:"):
+        ds = _cifar(spec[len("cifar10:") :], split, resolution)
+    elif spec.lower().endswith(".npz"):
+        ds = load_npz(spec, resolution=resolution)
+    elif spec and Path(spec).is_dir():
+        ds = _folder(Path(spec), split, resolution, class_cond)
+    else:
+        raise ValueError(
+            f"unknown data spec {spec!r} (not an existing folder either); use one of: {FORMS}"
+        )
+    if not class_cond:
+        return dataclasses.replace(ds, labels=None, num_classes=None, class_names=None)
+    if ds.labels is None:
+        raise ValueError(
+            f"class-conditional training needs labels, but {ds.name} has none; store labels "
+            "under 'labels' in the .npz or turn class conditioning off"
+        )
+    return ds
