@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -51,23 +52,32 @@ def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
         )
 
 
-def to_uint8_nhwc(x: torch.Tensor):
-    """Model-range images [N, C, H, W] in [−1, 1] -> uint8 numpy [N, H, W, C].
+def to_model_range(images) -> torch.Tensor:
+    """uint8 images [N, H, W, C] (numpy or torch) -> float32 [N, C, H, W] in [−1, 1].
 
-    Rounds to the nearest level ((x + 1)·127.5, round, clip) instead of truncating, so
-    x0 = v/127.5 − 1 maps back to exactly v.
+    Exactly x/127.5 − 1 (PAPER.md, Conventions): 0 → −1 and 255 → +1, the 256 levels 2/255
+    apart, so the discretised decoder sees bin centres.
     """
-    levels = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return levels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def uint8_to_model(images) -> torch.Tensor:
-    """uint8 [N, H, W, C] (numpy or tensor) -> float32 [N, C, H, W] in [−1, 1], exactly
-    v/127.5 − 1 (PAPER.md, Conventions), so the discretised decoder's bins are exact."""
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.ndim != 4:
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
         raise ValueError(
-            f"images must be uint8 [N, H, W, C], got {x.dtype} with shape {tuple(x.shape)}; "
-            "decode to uint8 first"
+            "to_model_range expects uint8 images [N, H, W, C], got "
+            f"{getattr(x, 'dtype', type(x).__name__)} with shape "
+            f"{tuple(getattr(x, 'shape', ()))}; decode to uint8 first"
         )
-    return x.permute(0, 3, 1, 2).to(torch.float32).div(127.5).sub(1.0).contiguous()
+    return (x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0).contiguous()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Inverse of `to_model_range`: float [N, C, H, W] in [−1, 1] → uint8 [N, H, W, C].
+
+    Rounds (x+1)·127.5 to the nearest level (ties to even, torch.round) and clips to
+    [0, 255]; truncation would bias every pixel down by half a level.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"to_uint8 expects a float tensor [N, C, H, W], got "
+            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
+        )
+    levels = torch.round((x.detach().to(torch.float32) + 1.0) * 127.5).clamp_(0, 255)
+    return levels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from iddpm.data.loader import to_model_range
+from iddpm._tensor import to_model_range, to_uint8
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -84,21 +83,6 @@ class ImageDataset:
     @property
     def channels(self) -> int:
         return int(self.images.shape[3])
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Inverse of `to_model_range`: float [N, C, H, W] in [−1, 1] → uint8 [N, H, W, C].
-
-    Rounds (x+1)·127.5 to the nearest level (ties to even, torch.round) and clips to
-    [0, 255]; truncation would bias every pixel down by half a level.
-    """
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(
-            f"to_uint8 expects a float tensor [N, C, H, W], got "
-            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
-        )
-    levels = torch.round((x.detach().to(torch.float32) + 1.0) * 127.5).clamp_(0, 255)
-    return levels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def crop_resize(img: Image.Image, resolution: int) -> Image.Image:

@@ -1,7 +1,7 @@
 """Infinite, seeded, rank-sharded batches (DESIGN.md §2, `data/loader.py`).
 
-This module imports nothing from iddpm: the trainer receives its batches from here through
-the CLI and never imports `iddpm.data` itself.
+This module imports nothing from iddpm but the layer-0 `_tensor` helpers: the trainer
+receives its batches from here through the CLI and never imports `iddpm.data` itself.
 
 Order. Epoch e is the permutation `np.random.default_rng((seed, epoch)).permutation(N)`,
 the same on every rank. The epoch is cut into *global* batches of G = batch_size ×
@@ -31,24 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from iddpm._tensor import to_model_range
+
 FLIP_STREAM = 1  # third SeedSequence word of the random-flip stream, disjoint from (seed, epoch)
-
-
-def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Map uint8 images to the model's range (PAPER.md: x0 = x/127.5 − 1, P1's data space).
-
-    images: uint8 [N, H, W, C] (numpy or torch). Returns float32 [N, C, H, W] in [−1, 1]
-    (0 → −1, 255 → +1 exactly; the 256 levels stay 2/255 apart, so the discretised decoder
-    sees bin centres).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    if x.dtype != torch.uint8 or x.ndim != 4:
-        raise ValueError(
-            f"to_model_range expects uint8 images [N, H, W, C], got dtype {x.dtype} shape "
-            f"{tuple(x.shape)}; decode to uint8 first"
-        )
-    out = x.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
-    return out.contiguous()
 
 
 def _check_positive(name: str, value: int) -> None:
