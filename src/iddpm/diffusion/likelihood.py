@@ -1,0 +1,447 @@
+"""Terms of the variational bound in explicit units, and bits/dim (PAPER.md P10, P12).
+
+Units are in the names: `*_nats` are natural-log units, `*_bits` and `*_bpd` are bits per
+dimension (nats / (D·ln 2), P12). Code step t ∈ {0, …, T−1} is the paper's step t+1, so
+the term stored at code step t is the paper's L_t (KL at t ≥ 1, the decoder NLL L_0 at
+t = 0) and the prior term is L_T.
+
+`bits_per_dim` evaluates all T terms of one image with one noise draw per term, several
+timesteps per network call; `estimate_bits_per_dim` is an unbiased Monte-Carlo estimate
+of the same bound from K sampled steps per image (stratified or importance-sampled),
+with a standard error.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from iddpm._tensor import check_same_shape, mean_flat
+from iddpm.diffusion.gaussian import GaussianDiffusion
+
+ModelFn = Callable[..., torch.Tensor]
+LN2 = math.log(2.0)
+# Probability floor of the decoder (the reference's 1e-12): caps one dimension's NLL at
+# −log(1e-12) ≈ 27.6 nats, so a hopeless decoder cannot produce inf or NaN gradients.
+PROB_FLOOR = 1e-12
+_BIN_HALF_WIDTH = 1.0 / 255.0  # uint8 levels are 2/255 apart on the [−1, 1] scale
+# Max |tanh approximation − Φ| over the real line, measured on a 1e-5 grid over [−10, 10]
+# in float64 (attained at |x| ≈ 2.59); see `approx_standard_normal_cdf`.
+TANH_CDF_MAX_ABS_ERROR = 1.79e-4
+# Standardised bin edges are clamped to ±_Z_MAX: beyond it Φ is < 1e-300, far below the
+# floor, and log Φ's backward in float32 is wrong (and in float64 infinite) for |z| ≳ 1e3.
+_Z_MAX = 40.0
+_SQRT_HALF = math.sqrt(0.5)
+
+
+# ---------------------------------------------------------------------- elementwise math
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) in nats, elementwise, broadcasting (P10).
+
+    Written as ½[(e^δ − 1 − δ) + (mean1 − mean2)² e^{−logvar2}] with δ = logvar1 − logvar2,
+    using expm1, so near-equal variances (the common case for late steps) do not cancel
+    to float32 noise.
+    """
+    delta = logvar1 - logvar2
+    return 0.5 * (torch.expm1(delta) - delta + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Φ(x) = ½·erfc(−x/√2), accurate to float resolution in both tails.
+
+    (torch.special.ndtr goes through erf and loses the lower tail: ~2% error at x = −8.)
+    """
+    return 0.5 * torch.special.erfc(-x * _SQRT_HALF)
+
+
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """The reference's tanh approximation ½(1 + tanh(√(2/π)(x + 0.044715x³))).
+
+    Its absolute error is at most TANH_CDF_MAX_ABS_ERROR (≈1.8e-4, at |x| ≈ 2.6); its
+    relative error in the far tails is large, which is why `exact=True` is the default.
+    """
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _log_cdf_diff_exact(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Φ(hi) − Φ(lo)) for lo < hi, stable everywhere.
+
+    A bin in the upper tail is mirrored to the lower tail (Φ(hi) − Φ(lo) = Φ(−lo) − Φ(−hi)),
+    where log Φ is accurate; then log(Φ(b) − Φ(a)) = log Φ(b) + log(−expm1(log Φ(a) − log Φ(b))).
+    """
+    upper = (lo + hi) > 0
+    a = torch.where(upper, -hi, lo)
+    b = torch.where(upper, -lo, hi)
+    log_b = torch.special.log_ndtr(b)
+    # This clamp bites only when the two edges coincide in float resolution: both beyond
+    # _Z_MAX (mass far below the floor), or σ ≳ 1e5 bin widths in float32.
+    frac = (-torch.expm1(torch.special.log_ndtr(a) - log_b)).clamp_min(torch.finfo(a.dtype).tiny)
+    return log_b + torch.log(frac)
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, exact: bool = True
+) -> torch.Tensor:
+    """log P(bin of x) under N(means, e^{2·log_scales}) in nats, elementwise (P10's decoder).
+
+    x: [N, ...] on the uint8 grid k/127.5 − 1 (a precondition, not checked here: see
+    `check_uint8_grid`); means, log_scales (log σ, not log σ²): broadcastable to x.
+    The bin is [x − 1/255, x + 1/255]; the edge bins (x = −1, x = +1) are open to −∞/+∞,
+    so the 256 probabilities of one σ sum to 1. Probabilities are floored at 1e-12.
+
+    exact=True: log Φ (torch.special.log_ndtr) in log-CDF, log-survival and mirrored
+    difference forms (`_log_cdf_diff_exact`); accurate to float resolution in every bin,
+    tails included.
+    exact=False: the reference's tanh CDF with its clamps, for bit-for-bit comparisons;
+    each bin's probability is then off by at most 2·TANH_CDF_MAX_ABS_ERROR ≈ 3.6e-4
+    (relative error can be large for improbable bins). Returns x's shape, in the
+    promoted dtype of the inputs.
+    """
+    inv_stdv = torch.exp(-log_scales)
+    centered = x - means
+    hi = (inv_stdv * (centered + _BIN_HALF_WIDTH)).clamp(-_Z_MAX, _Z_MAX)
+    lo = (inv_stdv * (centered - _BIN_HALF_WIDTH)).clamp(-_Z_MAX, _Z_MAX)
+    floor = math.log(PROB_FLOOR)
+    if exact:
+        log_cdf_hi = torch.special.log_ndtr(hi)  # left edge bin: P = Φ(hi)
+        log_sf_lo = torch.special.log_ndtr(-lo)  # right edge bin: P = 1 − Φ(lo)
+        log_mid = _log_cdf_diff_exact(lo, hi)
+        out = torch.where(x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_sf_lo, log_mid))
+        return out.clamp_min(floor)
+    cdf_hi = approx_standard_normal_cdf(hi)
+    cdf_lo = approx_standard_normal_cdf(lo)
+    log_cdf_hi = torch.log(cdf_hi.clamp_min(PROB_FLOOR))
+    log_sf_lo = torch.log((1.0 - cdf_lo).clamp_min(PROB_FLOOR))
+    log_mid = torch.log((cdf_hi - cdf_lo).clamp_min(PROB_FLOOR))
+    return torch.where(x < -0.999, log_cdf_hi, torch.where(x > 0.999, log_sf_lo, log_mid))
+
+
+def check_uint8_grid(x0: torch.Tensor) -> None:
+    """One-line ValueError unless every value of x0 is k/127.5 − 1 for an integer k in [0, 255]."""
+    level = (x0.detach().to(torch.float64) + 1.0) * 127.5
+    bad = (level < -1e-3) | (level > 255 + 1e-3) | ((level - level.round()).abs() > 1e-3)
+    if bool(bad.any()):
+        raise ValueError(
+            "x0 is not on the uint8 grid k/127.5 − 1 in [−1, 1]; the discrete decoder's bins "
+            "need images mapped from uint8 with x/127.5 − 1 (no dequantisation noise)"
+        )
+
+
+# ---------------------------------------------------------------------- terms of the bound
+def vb_term_bits(
+    diffusion: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    clip_denoised: bool = True,
+    *,
+    exact: bool = True,
+) -> dict[str, torch.Tensor]:
+    """One term of L_vlb per example, in bits per dimension (P10, P12).
+
+    model_output: [N, C or 2C, H, W]; x0, x_t: [N, C, H, W] (x0 on the uint8 grid);
+    t: [N] int64. Returns {"output": [N] — KL(q(x_{t−1}|x_t, x0) ‖ p_θ(x_{t−1}|x_t)) mean
+    over dimensions for t > 0 and, replacing it at t = 0, the decoder NLL −log p_θ(x0|x_1)
+    (bin mass, `exact` CDF); "pred_x0": [N, C, H, W]}. Both in x_t's dtype.
+    """
+    check_same_shape("x0", x0, "x_t", x_t)
+    true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
+    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, out.mean, out.log_variance)) / LN2
+    log_lik = discretized_gaussian_log_likelihood(x0, out.mean, 0.5 * out.log_variance, exact=exact)
+    decoder_nll = -mean_flat(log_lik) / LN2
+    # t = 0 corner case: the decoder term L_0 replaces the KL (β̃ = 0 there).
+    return {"output": torch.where(t == 0, decoder_nll, kl), "pred_x0": out.pred_x0}
+
+
+def prior_bits(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(q(x_T | x0) ‖ N(0, I)), mean over dimensions, in bits (P10). x0: [N, ...] -> [N]."""
+    t = torch.full((x0.shape[0],), diffusion.num_timesteps - 1, dtype=torch.long, device=x0.device)
+    mean, _, log_var = diffusion.q_mean_variance(x0, t)
+    zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
+    return mean_flat(normal_kl(mean, log_var, zero, zero)) / LN2
+
+
+# ---------------------------------------------------------------------- shared evaluation
+def _draw(kind: str, shape: tuple[int, ...], like: torch.Tensor, generator: Any) -> torch.Tensor:
+    """randn/rand on the generator's device (x0's device without one), moved to x0's device."""
+    device = generator.device if generator is not None else like.device
+    fn = torch.randn if kind == "normal" else torch.rand
+    dtype = like.dtype if kind == "normal" else torch.float64
+    return fn(shape, generator=generator, device=device, dtype=dtype).to(like.device)
+
+
+def _repeat_kwargs(model_kwargs: dict[str, Any] | None, k: int, n: int) -> dict[str, Any]:
+    """Tile per-example tensors (first dim n) k times to match the [k·N] replicated batch."""
+    out: dict[str, Any] = {}
+    for name, v in (model_kwargs or {}).items():
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            if v.shape[0] != n:
+                raise ValueError(
+                    f"model_kwargs[{name!r}] has {v.shape[0]} rows for {n} images; "
+                    "pass one row per image"
+                )
+            v = v.repeat(k, *([1] * (v.ndim - 1)))
+        out[name] = v
+    return out
+
+
+def _eval_columns(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    t_cols: torch.Tensor,
+    generator: torch.Generator | None,
+    clip_denoised: bool,
+    model_kwargs: dict[str, Any] | None,
+    exact: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evaluate k timesteps per image with ONE network call on N·k inputs.
+
+    t_cols: [N, k] int64, column c holds each image's step. Column c uses the c-th
+    standard-normal draw of x0's shape from `generator`. Returns (vb bits, ε-MSE, x0-MSE),
+    each [N, k] float64.
+    """
+    n, k = t_cols.shape
+    noise = torch.stack([_draw("normal", tuple(x0.shape), x0, generator) for _ in range(k)])
+    x0_rep = x0.unsqueeze(0).expand(k, *x0.shape).reshape(k * n, *x0.shape[1:])
+    t_flat = t_cols.t().reshape(-1)  # block c = all N images at column c
+    noise = noise.reshape(k * n, *x0.shape[1:])
+    x_t = diffusion.q_sample(x0_rep, t_flat, noise)
+    output = model_fn(x_t, t_flat, **_repeat_kwargs(model_kwargs, k, n))
+    terms = vb_term_bits(diffusion, output, x0_rep, x_t, t_flat, clip_denoised, exact=exact)
+    # The ε implied by the (clipped) x̂0, as the reference reports it.
+    eps = diffusion.predict_eps_from_x0(x_t, t_flat, terms["pred_x0"])
+
+    def cols(v: torch.Tensor) -> torch.Tensor:
+        return v.to(torch.float64).reshape(k, n).t()
+
+    return (
+        cols(terms["output"]),
+        cols(mean_flat((eps - noise) ** 2)),
+        cols(mean_flat((terms["pred_x0"] - x0_rep) ** 2)),
+    )
+
+
+def _check_inputs(diffusion: GaussianDiffusion, x0: torch.Tensor, timestep_batch: int) -> None:
+    if x0.ndim < 2 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must be a non-empty batch [N, C, ...], got {tuple(x0.shape)}")
+    if not isinstance(timestep_batch, int) or timestep_batch < 1:
+        raise ValueError(f"timestep_batch must be an integer >= 1, got {timestep_batch!r}")
+    check_uint8_grid(x0)
+
+
+# ---------------------------------------------------------------------- the full bound
+@dataclass
+class BpdResult:
+    """The full bound per image, bits per dimension, float64 on x0's device (P10, P12).
+
+    total_bpd [N] = prior_bpd + vb_bpd.sum(1); prior_bpd [N] = L_T; vb_bpd [N, T]: column t
+    is code step t (column 0 = decoder NLL L_0); mse, x0_mse [N, T]: ε- and x0-MSE of the
+    prediction at each step (mean over dimensions).
+    """
+
+    total_bpd: torch.Tensor
+    prior_bpd: torch.Tensor
+    vb_bpd: torch.Tensor
+    mse: torch.Tensor
+    x0_mse: torch.Tensor
+
+
+@torch.no_grad()
+def bits_per_dim(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    *,
+    clip_denoised: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    timestep_batch: int = 16,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    exact: bool = True,
+) -> BpdResult:
+    """All T terms of L_vlb for each image, plus the prior (P10, P12); no gradients.
+
+    x0: [N, C, H, W] on the uint8 grid. model_fn(x_t, t, **model_kwargs) with t the index
+    of *this* process (wrap respaced models in their adapter); per-image tensors in
+    model_kwargs are tiled to the replicated batch. Steps are evaluated `timestep_batch`
+    at a time: the N images are replicated k times with k different t, one call on N·k
+    inputs. The noise for step t is the (t+1)-th draw of x0's shape from `generator`
+    (steps in increasing order), so results do not depend on `timestep_batch`.
+    `progress(done, T)` is called after each network call.
+    """
+    _check_inputs(diffusion, x0, timestep_batch)
+    n, num_t = x0.shape[0], diffusion.num_timesteps
+    vb, mse, x0_mse = (
+        torch.empty(n, num_t, dtype=torch.float64, device=x0.device) for _ in range(3)
+    )
+    for start in range(0, num_t, timestep_batch):
+        steps = torch.arange(start, min(start + timestep_batch, num_t), device=x0.device)
+        t_cols = steps.unsqueeze(0).expand(n, -1)
+        cols = _eval_columns(
+            model_fn, diffusion, x0, t_cols, generator, clip_denoised, model_kwargs, exact
+        )
+        for table, value in zip((vb, mse, x0_mse), cols):
+            table[:, steps] = value
+        if progress is not None:
+            progress(int(steps[-1]) + 1, num_t)
+    prior = prior_bits(diffusion, x0).to(torch.float64)
+    return BpdResult(prior + vb.sum(dim=1), prior, vb, mse, x0_mse)
+
+
+# ---------------------------------------------------------------------- Monte-Carlo bound
+class McMethod(enum.Enum):
+    """How `estimate_bits_per_dim` draws its K steps per image."""
+
+    STRATIFIED = "stratified"  # one uniform step in each of K equal strata of [0, T)
+    IMPORTANCE = "importance"  # K iid steps t ~ probs, weighted 1/(K·p_t)
+
+
+@dataclass
+class McBpdResult:
+    """Unbiased estimate of the bound per image, bits per dimension, float64.
+
+    total_bpd, stderr, prior_bpd: [N]; timesteps, weights, terms_bpd: [N, K] with
+    total_bpd = prior_bpd + (weights · terms_bpd).sum(1). `stderr` is the Monte-Carlo
+    standard error of total_bpd (NaN when K is too small to estimate it).
+    """
+
+    total_bpd: torch.Tensor
+    stderr: torch.Tensor
+    prior_bpd: torch.Tensor
+    timesteps: torch.Tensor
+    weights: torch.Tensor
+    terms_bpd: torch.Tensor
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte-Carlo standard error of total_bpd.mean() (images drawn independently)."""
+        return float(self.stderr.pow(2).sum().sqrt() / self.stderr.numel())
+
+
+def _strata(num_t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boundaries floor(j·T/K): (starts [K], sizes [K]) int64, every size >= 1 when K <= T."""
+    edges = torch.tensor([(j * num_t) // k for j in range(k + 1)], dtype=torch.long)
+    return edges[:-1], edges[1:] - edges[:-1]
+
+
+def _stratified_stderr(terms: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Collapsed-strata variance: pair consecutive strata (the last three if K is odd) and
+    treat each group as one stratum sampled g times: var = Σ_groups m²·s²(L)/g, m its size.
+    Its expectation is >= the true variance (it adds the spread of the strata means), so
+    the stderr is conservative. terms: [N, K] bits; sizes: [K]. Returns [N] (NaN for K=1).
+    """
+    k = terms.shape[1]
+    if k < 2:
+        return torch.full_like(terms[:, 0], float("nan"))
+    bounds = list(range(0, k - 1, 2))
+    groups = [(b, b + 2) for b in bounds[:-1]] + [(bounds[-1], k)]
+    var = torch.zeros_like(terms[:, 0])
+    for lo, hi in groups:
+        m = float(sizes[lo:hi].sum())
+        var += m**2 * terms[:, lo:hi].var(dim=1, unbiased=True) / (hi - lo)
+    return var.sqrt()
+
+
+def _sample_steps(
+    method: McMethod,
+    num_t: int,
+    n: int,
+    k: int,
+    probs: torch.Tensor | None,
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps [N, K] int64, weights [N, K] float64) on x0's device."""
+    if method is McMethod.STRATIFIED:
+        starts, sizes = (v.to(like.device) for v in _strata(num_t, k))
+        u = _draw("uniform", (n, k), like, generator)
+        t = starts + (u * sizes).floor().long().clamp_max(sizes - 1)
+        return t, sizes.to(torch.float64).expand(n, k)
+    p = torch.full((num_t,), 1.0 / num_t, dtype=torch.float64) if probs is None else probs
+    flat = torch.multinomial(
+        p.to(generator.device if generator else "cpu"), n * k, True, generator=generator
+    )
+    t = flat.reshape(n, k).to(like.device)
+    return t, 1.0 / (k * p.to(like.device)[t])
+
+
+def _check_probs(probs: torch.Tensor | None, num_t: int) -> torch.Tensor | None:
+    if probs is None:
+        return None
+    p = torch.as_tensor(probs, dtype=torch.float64).detach().cpu()
+    if p.shape != (num_t,) or not bool((p > 0).all()) or abs(float(p.sum()) - 1.0) > 1e-6:
+        raise ValueError(
+            f"probs must be [{num_t}] positive and sum to 1, got shape {tuple(p.shape)}; "
+            "a zero-probability step would bias the estimate, so mix in uniform mass"
+        )
+    return p / p.sum()
+
+
+@torch.no_grad()
+def estimate_bits_per_dim(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    *,
+    num_samples_per_image: int,
+    method: McMethod | str = McMethod.STRATIFIED,
+    probs: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    timestep_batch: int = 16,
+    exact: bool = True,
+) -> McBpdResult:
+    """Unbiased Monte-Carlo estimate of the full bound from K sampled steps per image.
+
+    total = L_T + Σ_t L_t with the sum estimated per image (P10, P13's identity
+    Σ_t L_t = E_{t∼p}[L_t/p_t]): "stratified" splits [0, T) into K strata at floor(j·T/K),
+    draws one uniform step in each and weights it by its stratum's size; "importance"
+    draws K iid steps from `probs` ([T], positive, default uniform) with weights 1/(K·p_t).
+    E over steps and noise equals E over noise of `bits_per_dim`. Draw order from
+    `generator`: all steps first, then one noise draw of x0's shape per column k.
+    Other arguments as in `bits_per_dim`; K network evaluations per image.
+    """
+    _check_inputs(diffusion, x0, timestep_batch)
+    num_t, n, k = diffusion.num_timesteps, x0.shape[0], num_samples_per_image
+    try:
+        method = McMethod(method)
+    except ValueError:
+        choices = ", ".join(m.value for m in McMethod)
+        raise ValueError(
+            f"unknown Monte-Carlo method {method!r}; choose one of: {choices}"
+        ) from None
+    if not isinstance(k, int) or k < 1 or (method is McMethod.STRATIFIED and k > num_t):
+        raise ValueError(f"num_samples_per_image must be an integer in [1, {num_t}] (T), got {k!r}")
+    p = _check_probs(probs, num_t)
+    if p is not None and method is not McMethod.IMPORTANCE:
+        raise ValueError("probs only applies to method='importance'; drop it or switch method")
+    t, weights = _sample_steps(method, num_t, n, k, p, x0, generator)
+    terms = torch.empty(n, k, dtype=torch.float64, device=x0.device)
+    for start in range(0, k, timestep_batch):
+        cols = slice(start, min(start + timestep_batch, k))
+        terms[:, cols] = _eval_columns(
+            model_fn, diffusion, x0, t[:, cols], generator, clip_denoised, model_kwargs, exact
+        )[0]
+    prior = prior_bits(diffusion, x0).to(torch.float64)
+    total = prior + (weights * terms).sum(dim=1)
+    if method is McMethod.STRATIFIED:
+        stderr = _stratified_stderr(terms, _strata(num_t, k)[1].to(x0.device))
+    else:
+        y = terms * weights * k  # iid draws of L_t / p_t
+        stderr = (
+            (y.var(dim=1, unbiased=True) / k).sqrt()
+            if k > 1
+            else torch.full_like(prior, float("nan"))
+        )
+    return McBpdResult(total, stderr, prior, t, weights, terms)
