@@ -47,7 +47,7 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass
+@dataclass(eq=False)  # arrays inside: compare stats with fid_from_stats, not ==
 class FeatureStats:
     """Sufficient statistics of a feature set: Σf [D], Σffᵀ [D, D] (float64) and n.
 
