@@ -143,6 +143,29 @@ def test_tanh_decoder_bins_differ_from_exact_by_at_most_twice_the_cdf_error() ->
             assert diff.max().item() <= 2 * TANH_CDF_MAX_ABS_ERROR + 1e-12
 
 
+def test_tanh_decoder_is_the_reference_formula() -> None:
+    # Reference semantics: tanh CDF, probabilities clamped at 1e-12 before the log, edge
+    # bins selected by x < −0.999 / x > 0.999, the middle as a difference of CDFs.
+    g = torch.Generator().manual_seed(0)
+    x = GRID[torch.randint(0, 256, (2000,), generator=g)].float()
+    means = x + 0.05 * torch.randn(2000, generator=g)
+    log_scales = -6 + 5 * torch.rand(2000, generator=g)
+    inv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv * (x - means + 1 / 255))
+    cdf_min = approx_standard_normal_cdf(inv * (x - means - 1 / 255))
+    want = torch.where(
+        x < -0.999,
+        torch.log(cdf_plus.clamp(min=1e-12)),
+        torch.where(
+            x > 0.999,
+            torch.log((1 - cdf_min).clamp(min=1e-12)),
+            torch.log((cdf_plus - cdf_min).clamp(min=1e-12)),
+        ),
+    )
+    got = discretized_gaussian_log_likelihood(x, means, log_scales, exact=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_decoder_edge_bins_are_open_to_infinity() -> None:
     # Far beyond the edges all mass falls in the edge bin: log P = 0, not log(tiny).
     for exact in (True, False):
@@ -321,7 +344,11 @@ def test_bits_per_dim_rejects_bad_inputs(kwargs, match) -> None:
             {"method": "sobol"},
             r"unknown Monte-Carlo method 'sobol'; choose one of: stratified, importance",
         ),
-        ({"num_samples_per_image": 0}, r"num_samples_per_image must be an integer in \[1, 21\]"),
+        (
+            {"num_samples_per_image": 0},
+            r"num_samples_per_image must be an integer in \[1, 21\] \(one per",
+        ),
+        ({"method": "importance", "num_samples_per_image": 0}, r"must be an integer >= 1, got 0"),
         ({"num_samples_per_image": 22}, r"num_samples_per_image must be an integer in \[1, 21\]"),
         ({"method": "importance", "probs": torch.ones(20) / 20}, r"probs must be \[21\] positive"),
         ({"method": "importance", "probs": torch.eye(21)[0]}, r"zero-probability step would bias"),

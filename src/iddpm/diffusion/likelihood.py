@@ -352,6 +352,13 @@ def _stratified_stderr(terms: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor
     return var.sqrt()
 
 
+def _iid_stderr(y: torch.Tensor) -> torch.Tensor:
+    """Standard error of y.mean(1) from K iid draws y: [N, K]; NaN for K = 1."""
+    if y.shape[1] < 2:
+        return torch.full_like(y[:, 0], float("nan"))
+    return (y.var(dim=1, unbiased=True) / y.shape[1]).sqrt()
+
+
 def _sample_steps(
     method: McMethod,
     num_t: int,
@@ -421,8 +428,10 @@ def estimate_bits_per_dim(
         raise ValueError(
             f"unknown Monte-Carlo method {method!r}; choose one of: {choices}"
         ) from None
-    if not isinstance(k, int) or k < 1 or (method is McMethod.STRATIFIED and k > num_t):
-        raise ValueError(f"num_samples_per_image must be an integer in [1, {num_t}] (T), got {k!r}")
+    stratified = method is McMethod.STRATIFIED
+    if not isinstance(k, int) or k < 1 or (stratified and k > num_t):
+        allowed = f"in [1, {num_t}] (one per stratum of T)" if stratified else ">= 1"
+        raise ValueError(f"num_samples_per_image must be an integer {allowed}, got {k!r}")
     p = _check_probs(probs, num_t)
     if p is not None and method is not McMethod.IMPORTANCE:
         raise ValueError("probs only applies to method='importance'; drop it or switch method")
@@ -438,10 +447,5 @@ def estimate_bits_per_dim(
     if method is McMethod.STRATIFIED:
         stderr = _stratified_stderr(terms, _strata(num_t, k)[1].to(x0.device))
     else:
-        y = terms * weights * k  # iid draws of L_t / p_t
-        stderr = (
-            (y.var(dim=1, unbiased=True) / k).sqrt()
-            if k > 1
-            else torch.full_like(prior, float("nan"))
-        )
+        stderr = _iid_stderr(terms * weights * k)  # iid draws of L_t / p_t
     return McBpdResult(total, stderr, prior, t, weights, terms)
