@@ -43,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "train.trainer": {
         "diffusion.losses",
         "diffusion.timestep_sampler",
+        "diffusion.respace",
         "train.ema",
         "train.metrics",
         "distributed",

@@ -108,8 +108,8 @@ def _collectives() -> dict[str, Any]:
     }
 
 
-def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
-    results = run_ranks(2, _collectives, tmp_path)
+def test_collectives_over_two_gloo_ranks(two_ranks: list[dict[str, Any]]) -> None:
+    results = [r["collectives"] for r in two_ranks]
     want = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0], dtype=torch.float64)
     for r, res in enumerate(results):
         assert (res["rank"], res["world"], res["main"]) == (r, 2, r == 0)
@@ -117,3 +117,90 @@ def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
         assert torch.equal(res["gathered_int"], torch.tensor([0, 1]))
         assert torch.equal(res["summed"], torch.tensor([3.0]))
         assert res["broadcast"] == {"from": 0}
+
+
+# ---- data-parallel training ------------------------------------------------------------
+
+T_DIST = 10
+
+
+def _train(steps: int, microbatch: int) -> dict[str, Any]:
+    """A few importance-sampled hybrid-loss steps of a tiny UNet on a global batch of 8."""
+    import numpy as np
+
+    from iddpm.config import DiffusionConfig, ExperimentConfig, TrainConfig, UNetConfig
+    from iddpm.data.loader import ImageBatches
+    from iddpm.diffusion import schedules
+    from iddpm.diffusion.gaussian import GaussianDiffusion
+    from iddpm.diffusion.timestep_sampler import LossSecondMomentSampler
+    from iddpm.model.unet import UNet
+    from iddpm.train.trainer import Trainer
+
+    model_cfg = UNetConfig(
+        image_size=8, in_channels=1, out_channels=2, model_channels=8, num_res_blocks=1,
+        attention_resolutions=(), channel_mult=(1,), num_heads=1, num_groups=4,
+    )  # fmt: skip
+    cfg = ExperimentConfig(
+        diffusion=DiffusionConfig(num_timesteps=T_DIST, timestep_sampler="importance"),
+        model=model_cfg,
+        train=TrainConfig(batch_size=8, microbatch=microbatch, lr=1e-3, ema_rates=(0.9,), seed=3),
+    )
+    world, rank = dist_util.world_size(), dist_util.rank()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(24, 8, 8, 1), dtype=np.uint8)
+    batches = ImageBatches(pixels, None, 8 // world, seed=5, rank=rank, world_size=world)
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
+    trainer = Trainer(
+        UNet(model_cfg),
+        GaussianDiffusion(schedules.get("cosine", T_DIST)),
+        batches,
+        LossSecondMomentSampler(T_DIST, history=2),
+        cfg,
+        device="cpu",
+        progress=False,
+    )
+    trainer.run(steps)
+    state = trainer.state_dict()
+    return {k: state[k] for k in ("model", "ema", "sampler", "data", "step")}
+
+
+def _two_rank_job(steps: int, microbatch: int) -> dict[str, Any]:
+    return {"collectives": _collectives(), "train": _train(steps, microbatch)}
+
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    # one spawn for every multi-process check: starting ranks is the slow part
+    return run_ranks(2, _two_rank_job, tmp_path_factory.mktemp("ranks"), STEPS, 2)
+
+
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(
+    two_ranks: list[dict[str, Any]],
+) -> None:
+    steps = STEPS
+    ranks = [r["train"] for r in two_ranks]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single = _train(steps, 2)
+    torch.set_num_threads(before)
+    assert single["sampler"]["loss_counts"].sum() == 8 * steps
+    # all ranks hold bitwise identical weights and timestep-sampler state
+    for key in ("model", "ema", "sampler"):
+        a, b = ranks[0][key], ranks[1][key]
+        flat_a = a if key != "ema" else a["0.9"]
+        flat_b = b if key != "ema" else b["0.9"]
+        for name, value in flat_a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, flat_b[name]), (key, name)
+            else:
+                assert value == flat_b[name], (key, name)
+    # and agree with one process up to float reassociation (gradient all-reduce order)
+    for name, value in single["model"].items():
+        torch.testing.assert_close(ranks[0]["model"][name], value, rtol=1e-4, atol=1e-5)
+    assert torch.equal(ranks[0]["sampler"]["loss_counts"], single["sampler"]["loss_counts"])
+    torch.testing.assert_close(
+        ranks[0]["sampler"]["loss_history"], single["sampler"]["loss_history"], rtol=1e-4, atol=0
+    )
+    assert ranks[0]["step"] == single["step"] == steps

@@ -1,0 +1,461 @@
+"""The training loop: micro-batches, mixed precision, DDP, importance sampling, EMA, resume.
+
+`Trainer.step()` follows the algorithm: split the rank's batch into micro-batches → draw t
+and importance weights → per-example losses (P9–P11) → weighted mean → backward (gradient
+sync on the last micro-batch only) → clip → optimizer step with linear warm-up → EMA →
+update the timestep sampler with every rank's (t, loss) pairs (P13).
+
+Batch sizes: `cfg.train.batch_size` is global. Each of W ranks gets B = batch_size / W
+examples, processed in micro-batches of `cfg.train.microbatch` (0: all B at once), so
+batch_size must divide by W × microbatch. Gradients equal those of the mean over the
+global batch whatever W and the micro-batch size are.
+
+Randomness, chosen so a W-rank run matches a 1-rank run with the same global batch and a
+resumed run matches an uninterrupted one:
+- t and weights: one draw for the whole global batch per step from a generator seeded by
+  (seed, step); rank r keeps the slice [r·B, (r+1)·B). The sampler's state is identical on
+  all ranks, so the draws are too.
+- noise: example i of the global batch draws from a generator seeded by (seed, step, i).
+- dropout: the global torch RNG is reseeded from (seed, step, rank) at each step.
+No RNG stream therefore has to be carried between steps; the loader must give rank r the
+r-th block of each global batch (iddpm.data.loader does).
+
+The optimizer is AdamW(lr, weight_decay from cfg.train) unless one is passed in; the
+linear warm-up scales each parameter group's lr as it was at construction. Metrics
+are averaged over logging intervals and not checkpointed: a resumed run's first record
+covers the steps since the resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from iddpm import checkpoint, distributed
+from iddpm.config import ExperimentConfig
+from iddpm.diffusion.losses import training_losses
+from iddpm.diffusion.respace import ModelAdapter
+from iddpm.train.ema import EMA
+from iddpm.train.metrics import JsonlSink, ProgressBar, RunningMeans
+
+Hook = Callable[["Trainer"], None]
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(*words: int) -> int:
+    """A 63-bit seed that is a pure function of the integer words (splitmix64 mixing)."""
+    h = 0x9E3779B97F4A7C15
+    for w in words:
+        h = (h ^ (w & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+def split_batch(batch_size: int, world_size: int, microbatch: int) -> tuple[int, int]:
+    """(per-rank batch, micro-batch) for a global `batch_size`; one-line error otherwise."""
+    unit = world_size * (microbatch or 1)
+    if batch_size % unit:
+        ranks = f"{world_size} rank{'s' if world_size > 1 else ''}"
+        micro = f" × micro-batch {microbatch}" if microbatch else ""
+        raise ValueError(
+            f"--batch-size {batch_size} is not divisible by {ranks}{micro}; "
+            f"use a multiple of {unit}"
+        )
+    local = batch_size // world_size
+    return local, (microbatch or local)
+
+
+def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
+    """Linear warm-up: base_lr·min(1, (step+1)/warmup_steps) for 0-based `step`."""
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
+    """'prefix.field: saved != current' for every differing field of two config dicts."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{prefix}.{k}: {saved.get(k)!r} != {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """x0 and conditioning from a loader batch: dict(x0=, y=), (x0, y), or a bare x0."""
+    if isinstance(batch, dict):
+        x0, y = batch["x0"], batch.get("y")
+    elif isinstance(batch, (tuple, list)):
+        x0, y = batch[0], (batch[1] if len(batch) > 1 else None)
+    else:
+        x0, y = batch, None
+    return x0, ({} if y is None else {"y": y})
+
+
+class Trainer:
+    """Trains `model` on `diffusion` with batches from `batches` (see module docstring).
+
+    model: an nn.Module called as model(x_t, timesteps, **cond) (moved to `device`);
+    diffusion: the GaussianDiffusion to train (its full T steps, not a respaced one);
+    batches: an iterator of per-rank batches (with state_dict()/load_state_dict() if it is
+    to be resumed exactly); timestep_sampler: a UniformSampler or LossSecondMomentSampler;
+    run_dir: where config.json, checkpoints and metrics.jsonl go (None: nothing written);
+    hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: Any,
+        batches: Iterator[Any],
+        timestep_sampler: Any,
+        cfg: ExperimentConfig,
+        run_dir: str | Path | None = None,
+        hooks: Sequence[Hook] = (),
+        optimizer: torch.optim.Optimizer | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+    ) -> None:
+        tc = cfg.train
+        if diffusion.num_timesteps != cfg.diffusion.num_timesteps:
+            raise ValueError(
+                f"the diffusion has {diffusion.num_timesteps} steps but the config says "
+                f"{cfg.diffusion.num_timesteps}; build it from the same config"
+            )
+        self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
+        self.sampler, self.hooks, self.progress = timestep_sampler, tuple(hooks), progress
+        self.device = torch.device(device) if device is not None else distributed.device()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.local_batch, self.microbatch = split_batch(
+            tc.batch_size, self.world_size, tc.microbatch
+        )
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(
+                "precision fp16 needs a CUDA GPU (loss scaling); use --precision bf16 or fp32"
+            )
+        self.module = model.to(self.device)
+        if tc.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer or torch.optim.AdamW(
+            self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        # warm-up scales each group's own lr (cfg.train.lr for the built-in AdamW)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.net = self._wrap(self.module)
+        # after the wrap: DDP has just broadcast rank 0's weights, which the EMA starts from
+        self.ema = EMA(self.module, tc.ema_rates)
+        self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+        scale = 1000.0 / diffusion.num_timesteps if cfg.diffusion.rescale_timesteps else 1.0
+        self.model_fn = ModelAdapter(self._network, scale=scale)
+        self.run_dir = checkpoint.run_dir(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and distributed.is_main():
+            self.run_dir.create(cfg)
+        self.metrics = RunningMeans()
+        self.step_count, self._stop = 0, False
+        self._window = (0, time.perf_counter())  # (step, time) at the last log record
+        self._noise_gen = torch.Generator()
+
+    # ---- the algorithm ----------------------------------------------------------------
+
+    def step(self) -> None:
+        """One optimizer step on the next global batch."""
+        # 1. this rank's block of the global batch, its t, importance weights and noise
+        x0, cond = self._next_batch()
+        t, weights, noise = self._draw(x0)
+        torch.manual_seed(derive_seed(self.cfg.train.seed, self.step_count, self.rank))
+        # 2. per-example losses and gradients, micro-batch by micro-batch
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self._forward_backward(x0, cond, t, weights, noise)
+        # 3. clip, warm-up LR, optimizer step; 4. EMA of the new weights
+        grad_norm = self._clip_and_update()
+        self.ema.update(self.module)
+        # 5. every rank's (t, loss) pairs into the timestep sampler and the metrics
+        self._record(t, losses, grad_norm)
+        self.step_count += 1
+
+    def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's slice of the global batch's t, importance weights and noise."""
+        seed, step, lo = self.cfg.train.seed, self.step_count, self.rank * self.local_batch
+        gen = torch.Generator().manual_seed(derive_seed(seed, step))
+        t, w = self.sampler.sample(self.local_batch * self.world_size, generator=gen)
+        noise = torch.empty((self.local_batch, *x0.shape[1:]), dtype=torch.float32)
+        for i in range(self.local_batch):
+            self._noise_gen.manual_seed(derive_seed(seed, step, lo + i))
+            torch.randn(x0.shape[1:], generator=self._noise_gen, out=noise[i])
+        sl = slice(lo, lo + self.local_batch)
+        dev = self.device
+        return t[sl].to(dev), w[sl].to(dev), noise.to(dev, x0.dtype, non_blocking=True)
+
+    def _forward_backward(
+        self,
+        x0: torch.Tensor,
+        cond: dict[str, torch.Tensor],
+        t: torch.Tensor,
+        weights: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Losses and gradients of the rank's batch, one micro-batch at a time."""
+        n, per_example = x0.shape[0], []
+        for start in range(0, n, self.microbatch):
+            sl = slice(start, start + self.microbatch)
+            last = start + self.microbatch >= n
+            # sync gradients across ranks only on the last micro-batch
+            with self._grad_sync(last):
+                out = training_losses(
+                    self.model_fn,
+                    self.diffusion,
+                    x0[sl],
+                    t[sl],
+                    noise=noise[sl],
+                    kind=self.cfg.diffusion.loss,
+                    vlb_weight=self.cfg.diffusion.vlb_weight,
+                    model_kwargs={k: v[sl] for k, v in cond.items()},
+                )
+                # importance weights unbias the t draw (P13); m/n turns the micro-batch
+                # means into one mean over the rank's batch (DDP then averages ranks).
+                loss = (out["loss"] * weights[sl]).mean() * (x0[sl].shape[0] / n)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            per_example.append({k: v.detach() for k, v in out.items()})
+        return {k: torch.cat([p[k] for p in per_example]) for k in per_example[0]}
+
+    def _clip_and_update(self) -> torch.Tensor:
+        """Unscale (fp16), clip, set the warm-up LR and step. Returns the pre-clip grad norm."""
+        tc = self.cfg.train
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if tc.grad_clip > 0:
+            grad_norm = nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in params])
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = warmup_lr(base, self.step_count, tc.warmup_steps)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return grad_norm
+
+    def _record(self, t: torch.Tensor, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor):
+        """Gather every rank's (t, per-example losses): the sampler update must see the same
+        pairs on all ranks or their distributions drift apart (P13)."""
+        names = sorted(losses)
+        local = torch.stack([t.to(torch.float64)] + [losses[k].double() for k in names], 1)
+        table = distributed.all_gather_1d(local.flatten()).view(-1, len(names) + 1)
+        if not bool(torch.isfinite(table).all()):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.step_count}; lower --lr, set "
+                "--grad-clip or use --precision fp32/bf16"
+            )
+        t_all = table[:, 0].to(torch.int64)
+        self.sampler.update(t_all.cpu(), table[:, 1 + names.index("loss")].cpu())
+        self.metrics.add_examples(
+            t_all, self.diffusion.num_timesteps, **{k: table[:, 1 + i] for i, k in enumerate(names)}
+        )
+        self.metrics.add_scalar("grad_norm", grad_norm)
+
+    # ---- helpers of step() ------------------------------------------------------------
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        # compile the bare network, then let DDP (which broadcasts rank 0's weights now)
+        # drive gradient sync around it; state dicts always come from self.module.
+        net: nn.Module = torch.compile(module) if self.cfg.train.compile else module
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        return net
+
+    def _network(self, x: torch.Tensor, timesteps: torch.Tensor, **cond: Any) -> torch.Tensor:
+        """The (DDP/compiled) network under autocast; outputs float32 so the diffusion
+        math never runs in half precision."""
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return self.net(x, timesteps, **cond)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            out = self.net(x, timesteps, **cond)
+        return out.float()
+
+    def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        if sync or not isinstance(self.net, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
+
+    def _next_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0, cond = unpack_batch(next(self.batches))
+        if x0.shape[0] != self.local_batch:
+            raise ValueError(
+                f"the loader gave a batch of {x0.shape[0]} images but each rank needs "
+                f"{self.local_batch} (--batch-size {self.cfg.train.batch_size} / "
+                f"{self.world_size} ranks); build the loader with batch_size={self.local_batch}"
+            )
+        dev = self.device
+        return x0.to(dev, non_blocking=True), {k: v.to(dev) for k, v in cond.items()}
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def run(self, num_steps: int | None = None) -> dict[str, Any]:
+        """Train until `num_steps` steps in total (default cfg.train.steps) have been taken.
+
+        The count includes steps before a resume, so a resumed run stops where an
+        uninterrupted one would. Logs every log_every steps, calls the hooks every
+        sample_every steps, checkpoints every checkpoint_every steps and at the end.
+        SIGINT/SIGTERM finish the current step, write a checkpoint and return with
+        "interrupted": True. Returns a summary dict.
+        """
+        total = self.cfg.train.steps if num_steps is None else num_steps
+        start_step, start_time = self.step_count, time.perf_counter()
+        bar = ProgressBar(total, self.step_count, enabled=self.progress and distributed.is_main())
+        last_save, record, interrupted = None, {}, False
+        self._window = (self.step_count, time.perf_counter())
+        with self._stop_on_signals():
+            while self.step_count < total:
+                self.step()
+                record = self._log_if_due() or record
+                bar.update(1, **{k: record[k] for k in ("loss",) if k in record})
+                self._after_step_events()
+                if self.step_count % self.cfg.train.checkpoint_every == 0:
+                    last_save = self.step_count, self.save_checkpoint()
+                if self._stop_requested():
+                    interrupted = True
+                    break
+            path = last_save[1] if last_save and last_save[0] == self.step_count else None
+            if path is None and self.step_count > start_step:
+                path = self.save_checkpoint()
+        bar.close()
+        wall = time.perf_counter() - start_time
+        steps = self.step_count - start_step
+        return {
+            "step": self.step_count,
+            "steps_run": steps,
+            "interrupted": interrupted,
+            "checkpoint": str(path) if path else None,
+            "wall_s": wall,
+            "images_per_s": steps * self.cfg.train.batch_size / wall if wall > 0 else 0.0,
+            "last_metrics": record,
+        }
+
+    def _log_if_due(self) -> dict[str, float] | None:
+        if self.step_count % self.cfg.train.log_every:
+            return None
+        first, since = self._window
+        now = time.perf_counter()
+        self._window = (self.step_count, now)
+        record: dict[str, Any] = {"step": self.step_count, **self.metrics.summary()}
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        steps = self.step_count - first
+        record["images_per_s"] = steps * self.cfg.train.batch_size / max(now - since, 1e-9)
+        if self.run_dir is not None and distributed.is_main():
+            JsonlSink(self.run_dir.metrics_path).write(record)
+        return record
+
+    def _after_step_events(self) -> None:
+        every = self.cfg.train.sample_every
+        if every and self.step_count % every == 0:
+            for hook in self.hooks:
+                hook(self)
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint of the current step; every rank waits for it."""
+        path = None
+        if self.run_dir is not None and distributed.is_main():
+            keep = self.cfg.train.keep_checkpoints
+            path = checkpoint.save_checkpoint(
+                self.run_dir, self.state_dict(), self.cfg, self.step_count, keep
+            )
+        distributed.barrier()
+        return path
+
+    # ---- interruption -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the current step, checkpoint and return from run() (what SIGINT does)."""
+        self._stop = True
+
+    def _stop_requested(self) -> bool:
+        if self.world_size == 1:
+            return self._stop
+        # a signal may reach only some ranks: stop together or the others would hang
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item() > 0)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop:  # a second Ctrl-C aborts at once
+                raise KeyboardInterrupt
+            self._stop = True
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ---- state ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during training (tensors and plain values only)."""
+        data = self.batches.state_dict() if hasattr(self.batches, "state_dict") else {}
+        return {
+            "model": self.module.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "sampler": self.sampler.state_dict(),
+            "data": data,
+            "rng": {"torch_cpu": torch.get_rng_state()},
+            "step": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        if state.get("data") and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch_cpu"])
+        self.step_count = int(state["step"])
+
+    def resume(self, path_or_run_dir: str | Path) -> Path:
+        """Continue from a checkpoint (file or run directory) trained with the same
+        diffusion and model config; other settings (steps, lr, …) may change."""
+        path = checkpoint.resolve_checkpoint(path_or_run_dir)
+        state = checkpoint.load_checkpoint(path)
+        now = self.cfg.to_dict()
+        diffs = [
+            d
+            for section in ("diffusion", "model")
+            for d in config_differences(state["config"][section], now[section], section)
+        ]
+        if diffs:
+            raise ValueError(
+                f"checkpoint {path} was trained with a different config ({'; '.join(diffs)}, "
+                "checkpoint != now); resume with its settings or start a new run"
+            )
+        self.load_state_dict(state)
+        return path
