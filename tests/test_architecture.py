@@ -41,6 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     "train.ema": set(),
     "train.metrics": set(),
     "train.trainer": {
+        "diffusion.gaussian",
+        "diffusion.respace",
         "diffusion.losses",
         "diffusion.timestep_sampler",
         "diffusion.respace",
