@@ -100,3 +100,57 @@ def _deterministic_threads():
 
 
 LN2 = math.log(2.0)
+
+
+def tiny_experiment(num_timesteps: int = 20, num_classes: int | None = None):
+    """A seconds-fast digits-shaped config (1×8×8, learned-range variance, cosine)."""
+    from iddpm.config import DiffusionConfig, ExperimentConfig, TrainConfig, UNetConfig
+
+    return ExperimentConfig(
+        diffusion=DiffusionConfig(num_timesteps=num_timesteps),
+        model=UNetConfig(
+            image_size=8,
+            in_channels=1,
+            out_channels=2,
+            model_channels=32,
+            num_res_blocks=1,
+            attention_resolutions=(4,),
+            channel_mult=(1, 2),
+            num_heads=2,
+            num_classes=num_classes,
+        ),
+        train=TrainConfig(
+            data="digits",
+            random_flip=False,
+            batch_size=16,
+            lr=1e-3,
+            ema_rates=(0.99,),
+            steps=4,
+            log_every=2,
+            checkpoint_every=2,
+            class_cond=num_classes is not None,
+        ),
+    )
+
+
+def save_random_run(run_dir, cfg, seed: int = 0):
+    """A run directory whose checkpoint holds a UNet with small random weights everywhere
+    (also in the zero-initialised output layers, so every path matters)."""
+    from iddpm.build import build_unet
+    from iddpm.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_unet(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0.0, 0.05)
+    return save_checkpoint(run_dir, {"model": model.state_dict(), "ema": {}}, cfg, step=0)
+
+
+@pytest.fixture
+def random_run(tmp_path):
+    """(run_dir, config) of a tiny untrained model with random weights."""
+    cfg = tiny_experiment()
+    save_random_run(tmp_path / "run", cfg)
+    return tmp_path / "run", cfg
