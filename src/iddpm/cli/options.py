@@ -1,0 +1,164 @@
+"""Config dataclass fields as click options: one flag per field, strings only at this edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from iddpm.config import (
+    LOSSES,
+    MEAN_TYPES,
+    PRECISIONS,
+    SCHEDULES,
+    TIMESTEP_SAMPLERS,
+    VAR_TYPES,
+    DiffusionConfig,
+    ExperimentConfig,
+    TrainConfig,
+    UNetConfig,
+)
+
+# Flag names that differ from the field name (DESIGN.md §4).
+RENAMES = {"num_timesteps": "diffusion-steps", "var_type": "sigma"}
+CHOICES = {
+    "schedule": SCHEDULES,
+    "mean_type": MEAN_TYPES,
+    "var_type": VAR_TYPES,
+    "loss": LOSSES,
+    "timestep_sampler": TIMESTEP_SAMPLERS,
+    "precision": PRECISIONS,
+}
+HELP = {
+    "num_timesteps": "diffusion steps T (the paper: 1000 or 4000)",
+    "schedule": "noise schedule (PAPER.md P4/P5)",
+    "mean_type": "what the network predicts",
+    "var_type": "reverse-process variance: learned range (the paper), or fixed beta-tilde/beta",
+    "loss": "objective: hybrid = L_simple + 0.001 L_vlb (the paper), simple, or vlb",
+    "vlb_weight": "lambda of the hybrid loss",
+    "timestep_sampler": "timestep sampling: uniform, or importance (p_t ~ sqrt(E[L_t^2]))",
+    "rescale_timesteps": "feed the network t scaled to [0, 1000)",
+    "image_size": "image resolution in pixels",
+    "in_channels": "image channels (1 grayscale, 3 RGB)",
+    "model_channels": "base channel count of the UNet",
+    "out_channels": "network output channels (2x image channels for learned variance)",
+    "num_res_blocks": "residual blocks per resolution",
+    "attention_resolutions": "feature-map sizes with self-attention, e.g. 16,8",
+    "channel_mult": "channel multiplier per resolution, e.g. 1,2,2,2",
+    "num_heads": "attention heads",
+    "dropout": "dropout in residual blocks",
+    "use_scale_shift_norm": "apply the timestep embedding as scale and shift",
+    "num_classes": "classes for class-conditional models",
+    "conv_resample": "convolutional up/down-sampling",
+    "num_groups": "GroupNorm groups",
+    "data": "data: digits | DIR | FILE.npz | cifar10:DIR",
+    "class_cond": "train a class-conditional model (labels from the data)",
+    "random_flip": "random horizontal flips",
+    "batch_size": "global batch size (all ranks together)",
+    "microbatch": "per-rank micro-batch (0: no split)",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "ema_rates": "EMA rates, e.g. 0.9999 or 0.999,0.9999",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "precision": "fp32, bf16 autocast, or fp16 autocast with loss scaling (GPU)",
+    "channels_last": "channels_last memory format",
+    "compile": "torch.compile the model (slow to start)",
+    "steps": "training steps",
+    "log_every": "steps between metric lines",
+    "sample_every": "steps between sample grids (0: off)",
+    "checkpoint_every": "steps between checkpoints",
+    "keep_checkpoints": "checkpoints to keep",
+    "seed": "random seed",
+}
+SECTIONS: dict[str, type] = {
+    "diffusion": DiffusionConfig,
+    "model": UNetConfig,
+    "train": TrainConfig,
+}
+
+
+def flag_name(field: str) -> str:
+    return RENAMES.get(field, field.replace("_", "-"))
+
+
+def _base_type(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _option(section: str, f: dataclasses.Field) -> Callable:
+    hints = typing.get_type_hints(SECTIONS[section])
+    tp = _base_type(hints[f.name])
+    name = flag_name(f.name)
+    dest = f"{section}__{f.name}"
+    help_ = HELP.get(f.name, f.name)
+    if tp is bool:
+        return click.option(f"--{name}/--no-{name}", dest, default=None, help=help_)
+    if typing.get_origin(tp) is tuple:
+        elem = typing.get_args(tp)[0]
+        return click.option(
+            f"--{name}", dest, default=None, type=_TupleType(elem), help=help_ + " (comma list)"
+        )
+    if f.name in CHOICES:
+        return click.option(
+            f"--{name}", dest, default=None, type=click.Choice(CHOICES[f.name]), help=help_
+        )
+    return click.option(f"--{name}", dest, default=None, type=tp, help=help_)
+
+
+class _TupleType(click.ParamType):
+    name = "list"
+
+    def __init__(self, elem: type) -> None:
+        self.elem = elem
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.elem(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a comma-separated list of {self.elem.__name__}", param, ctx
+            )
+
+
+def experiment_options(func: Callable) -> Callable:
+    """Add one option per field of the diffusion, model and train configs."""
+    for section, cls in reversed(SECTIONS.items()):
+        for f in reversed(dataclasses.fields(cls)):
+            func = _option(section, f)(func)
+    return func
+
+
+def apply_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """Replace the fields given on the command line (None = not given)."""
+    changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in values.items():
+        if "__" in key and value is not None:
+            section, field = key.split("__", 1)
+            changes[section][field] = value
+    d = cfg.to_dict()
+    for section, fields in changes.items():
+        d[section].update({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+    return _with_consistent_outputs(d, changes)
+
+
+def _with_consistent_outputs(d: dict, changes: dict[str, dict[str, Any]]) -> ExperimentConfig:
+    # Changing the variance type or the image channels implies the output channels,
+    # unless the user set them explicitly.
+    if "out_channels" not in changes["model"]:
+        learn = d["diffusion"]["var_type"] in ("learned", "learned-range")
+        d["model"]["out_channels"] = d["model"]["in_channels"] * (2 if learn else 1)
+    return ExperimentConfig.from_dict(d)
+
+
+def changed_fields(values: dict[str, Any]) -> list[str]:
+    return [k.split("__", 1)[1] for k, v in values.items() if "__" in k and v is not None]

@@ -1,0 +1,130 @@
+"""The command line through click's in-process runner: JSON last lines and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from iddpm._tensor import to_model_range
+from iddpm.build import load_model, spaced
+from iddpm.cli import cli
+from iddpm.data.bundled import load_digits
+from iddpm.diffusion.likelihood import bits_per_dim
+
+
+def run_cli(*args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def last_json(result) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("iddpm: error: ")
+    assert pattern in lines[0], lines[0]
+
+
+def test_sample_writes_npz_grid_and_json(random_run, tmp_path) -> None:
+    run, _ = random_run
+    out = tmp_path / "s.npz"
+    res = run_cli("sample", run, "--num", 5, "--steps", "4", "--batch-size", 2, "--out", out)
+    summary = last_json(res)
+    assert summary["num"] == 5 and summary["out"] == str(out)
+    with np.load(out) as f:
+        assert f["arr_0"].shape == (5, 8, 8, 1) and f["arr_0"].dtype == np.uint8
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert json.loads((tmp_path / "s.json").read_text()) == summary
+    again = run_cli("sample", run, "--num", 5, "--steps", "4", "--out", tmp_path / "t.npz")
+    assert last_json(again)["num"] == 5
+    with np.load(out) as a, np.load(tmp_path / "t.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])  # batch size does not matter
+
+
+def test_sample_ddim(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli(
+        "sample", run, "--num", 2, "--steps", "ddim5", "--ddim", "--out", tmp_path / "d.npz"
+    )
+    assert last_json(res)["sampler"] == "ddim"
+
+
+def test_nll_reproduces_the_library_exactly(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli(
+        "nll",
+        run,
+        "--num-images",
+        3,
+        "--batch-size",
+        3,
+        "--timestep-batch",
+        7,
+        "--seed",
+        5,
+        "--out-dir",
+        tmp_path,
+    )
+    summary = last_json(res)
+    loaded = load_model(run)
+    diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, "")
+    x0 = to_model_range(load_digits("test").images[:3])
+    gen = torch.Generator().manual_seed(5 * 1_000_003)
+    want = bits_per_dim(model_fn, diffusion, x0, timestep_batch=7, generator=gen)
+    assert summary["bpd"] == float(want.total_bpd.mean())
+    assert summary["num_images"] == 3 and summary["data"] == "digits"
+    assert (tmp_path / "nll_test_20_terms.csv").is_file()
+    assert (tmp_path / "nll_test_20_terms.png").stat().st_size > 0
+
+
+def test_fid_against_digits(random_run, tmp_path) -> None:
+    images = load_digits("test").images[:50]
+    np.savez(tmp_path / "real.npz", arr_0=images)
+    res = run_cli(
+        "fid", tmp_path / "real.npz", "--ref", "digits", "--save-ref", tmp_path / "ref.npz"
+    )
+    summary = last_json(res)
+    assert summary["features"] == "digits-fid" and summary["comparable_to_inception"] is False
+    assert 0 < summary["fid"] < 50 and summary["num_samples"] == 50
+    assert summary["confident_fraction"] > 0.8
+    again = last_json(run_cli("fid", tmp_path / "real.npz", "--ref", tmp_path / "ref.npz"))
+    assert again["fid"] == pytest.approx(summary["fid"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sample", "nowhere"], "no checkpoint or run directory at nowhere"),
+        (["nll", "nowhere"], "no checkpoint or run directory"),
+        (["fid", "missing.npz", "--ref", "digits"], "missing.npz"),
+        (["train", "--preset", "digits", "--data", "no/such/dir", "--steps", "1"], "no/such/dir"),
+    ],
+)
+def test_bad_input_gives_one_line(args, message: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(*args, ok=False), message)
+
+
+def test_bad_step_spec_and_wrong_npz(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli("sample", run, "--num", 2, "--steps", "30", ok=False)
+    assert_one_line_error(res, "30")
+    np.savez(tmp_path / "bad.npz", arr_0=np.zeros((2, 8, 8, 1), np.float32))
+    assert_one_line_error(
+        run_cli("fid", tmp_path / "bad.npz", "--ref", "digits", ok=False), "uint8"
+    )
+
+
+def test_unknown_preset_is_rejected_by_click() -> None:
+    res = run_cli("train", "--preset", "cifar", ok=False)
+    assert res.exit_code == 2 and "cifar" in res.stderr
