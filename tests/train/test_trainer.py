@@ -372,6 +372,24 @@ def test_sigterm_stops_the_same_way(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
+def test_time_limit_stops_after_the_current_step_with_a_checkpoint(tmp_path: Path) -> None:
+    trainer = make_trainer(make_cfg(), tmp_path)
+    summary = trainer.run(100, max_seconds=0.0)
+    assert summary["time_limit_reached"] and not summary["interrupted"]
+    assert summary["step"] == 1 and ckpt.load_checkpoint(tmp_path)["step"] == 1
+
+
+def test_inference_weights_are_the_slowest_ema_as_in_the_checkpoint(tmp_path: Path) -> None:
+    trainer = make_trainer(make_cfg(ema_rates=(0.5, 0.9)), tmp_path)
+    trainer.run(3)
+    weights = trainer.inference_state_dict()
+    _, saved = ckpt.load_for_inference(tmp_path)
+    assert_trees_equal(weights, saved)
+    assert torch.equal(weights["pos"], trainer.ema.averaged(0.9)["pos"])
+    assert not torch.equal(weights["pos"], trainer.module.pos)
+    assert_trees_equal(trainer.inference_state_dict(use_ema=False), trainer.module.state_dict())
+
+
 def test_resume_refuses_a_different_diffusion_or_model(tmp_path: Path) -> None:
     cfg = make_cfg()
     make_trainer(cfg, tmp_path).run(1)

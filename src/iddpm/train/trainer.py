@@ -310,19 +310,20 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------
 
-    def run(self, num_steps: int | None = None) -> dict[str, Any]:
+    def run(self, num_steps: int | None = None, max_seconds: float | None = None) -> dict:
         """Train until `num_steps` steps in total (default cfg.train.steps) have been taken.
 
         The count includes steps before a resume, so a resumed run stops where an
         uninterrupted one would. Logs every log_every steps, calls the hooks every
         sample_every steps, checkpoints every checkpoint_every steps and at the end.
-        SIGINT/SIGTERM finish the current step, write a checkpoint and return with
-        "interrupted": True. Returns a summary dict.
+        SIGINT/SIGTERM (→ "interrupted") or more than `max_seconds` of training
+        (→ "time_limit_reached") finish the current step, write a checkpoint and return.
+        Returns a summary dict.
         """
         total = self.cfg.train.steps if num_steps is None else num_steps
         start_step, start_time = self.step_count, time.perf_counter()
         bar = ProgressBar(total, self.step_count, enabled=self.progress and distributed.is_main())
-        last_save, record, interrupted = None, {}, False
+        last_save, record, stopped = None, {}, (False, False)
         self._window = (self.step_count, time.perf_counter())
         with self._stop_on_signals():
             while self.step_count < total:
@@ -332,8 +333,9 @@ class Trainer:
                 self._after_step_events()
                 if self.step_count % self.cfg.train.checkpoint_every == 0:
                     last_save = self.step_count, self.save_checkpoint()
-                if self._stop_requested():
-                    interrupted = True
+                elapsed = time.perf_counter() - start_time
+                stopped = self._stop_requested(max_seconds is not None and elapsed > max_seconds)
+                if any(stopped):
                     break
             path = last_save[1] if last_save and last_save[0] == self.step_count else None
             if path is None and self.step_count > start_step:
@@ -344,7 +346,8 @@ class Trainer:
         return {
             "step": self.step_count,
             "steps_run": steps,
-            "interrupted": interrupted,
+            "interrupted": stopped[0],
+            "time_limit_reached": stopped[1],
             "checkpoint": str(path) if path else None,
             "wall_s": wall,
             "images_per_s": steps * self.cfg.train.batch_size / wall if wall > 0 else 0.0,
@@ -388,12 +391,14 @@ class Trainer:
         """Finish the current step, checkpoint and return from run() (what SIGINT does)."""
         self._stop = True
 
-    def _stop_requested(self) -> bool:
+    def _stop_requested(self, time_up: bool) -> tuple[bool, bool]:
+        """(signal or request_stop seen, time limit reached), agreed by all ranks."""
         if self.world_size == 1:
-            return self._stop
-        # a signal may reach only some ranks: stop together or the others would hang
-        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
-        return bool(distributed.all_reduce_sum(flag).item() > 0)
+            return self._stop, time_up
+        # a signal may reach only some ranks, clocks differ: stop together or others hang
+        flags = torch.tensor([float(self._stop), float(time_up)], device=self.device)
+        signalled, timed_out = (bool(v > 0) for v in distributed.all_reduce_sum(flags).tolist())
+        return signalled, timed_out
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -440,6 +445,15 @@ class Trainer:
             self.batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch_cpu"])
         self.step_count = int(state["step"])
+
+    def inference_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """The model's state_dict with the slowest EMA's weights (what sampling uses; the
+        same choice as checkpoint.load_for_inference), or the raw weights."""
+        state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        if use_ema:
+            for name, avg in self.ema.averaged(max(self.ema.rates)).items():
+                state[name] = avg.to(state[name].dtype)
+        return state
 
     def resume(self, path_or_run_dir: str | Path) -> Path:
         """Continue from a checkpoint (file or run directory) trained with the same
