@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from iddpm.config import UNetConfig
 from iddpm.model.convert import (
     _qkv_per_head_to_grouped,
     convert_reference_state_dict,
     infer_reference_config,
     load_reference_checkpoint,
     reference_config,
+    to_reference_state_dict,
 )
 from iddpm.model.unet import UNet
 
@@ -94,6 +96,53 @@ def test_inferred_config_equals_the_constructor_config(fixture, name: str) -> No
     assert from_kwargs.attention_resolutions == {"tiny": (4,), "tinycond": (8, 4)}[name]
     model = UNet(from_kwargs)
     assert sum(p.numel() for p in model.parameters()) == int(fixture[f"{name}.num_params"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "tinycond"])
+def test_export_inverts_the_conversion_exactly(fixture, name: str) -> None:
+    kwargs, sd = _reference(fixture, name)
+    cfg = reference_config(image_size=8, **kwargs)
+    back = to_reference_state_dict(convert_reference_state_dict(sd, cfg), cfg.num_heads)
+    assert list(back) == list(sd)  # same keys, in the reference's own order
+    for key, value in sd.items():
+        assert torch.equal(back[key], torch.from_numpy(value)), key
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        UNetConfig(),  # the paper's CIFAR-10 model
+        UNetConfig(image_size=64, channel_mult=(1, 2, 3, 4)),  # ImageNet 64
+        UNetConfig(
+            image_size=8,
+            in_channels=1,
+            out_channels=2,
+            model_channels=64,
+            num_res_blocks=2,
+            attention_resolutions=(4,),
+            channel_mult=(1, 2),
+            num_heads=4,
+        ),
+        UNetConfig(
+            image_size=16,
+            model_channels=32,
+            out_channels=3,
+            num_res_blocks=2,
+            attention_resolutions=(16,),
+            channel_mult=(1, 1, 2),
+            num_heads=2,
+            use_scale_shift_norm=False,
+            num_classes=5,
+            conv_resample=False,
+        ),
+    ],
+    ids=["cifar10", "imagenet64", "digits", "cond-additive-avgpool"],
+)
+def test_config_is_inferred_from_the_exported_shapes(cfg: UNetConfig) -> None:
+    with torch.device("meta"):
+        exported = to_reference_state_dict(UNet(cfg).state_dict(), cfg.num_heads)
+    inferred = infer_reference_config(exported, cfg.image_size, num_heads=cfg.num_heads)
+    assert inferred == cfg
 
 
 def test_wrong_head_count_changes_the_output(fixture) -> None:

@@ -66,6 +66,8 @@ _TOP_NAMES = {
 _MIDDLE = ("mid_res1", "mid_attn", "mid_res2")
 _BLOCK_KEY = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.\d+\.(.+)\.(weight|bias)$")
 _MIDDLE_KEY = re.compile(r"middle_block\.([012])\.(.+)\.(weight|bias)$")
+_REVERSE_INNER = {v: k for k, v in _INNER_NAMES.items() if k != "op"}
+_REVERSE_TOP = {v: k for k, v in _TOP_NAMES.items()}
 
 
 def reference_config(*, image_size: int, **ref_kwargs: Any) -> UNetConfig:
@@ -223,6 +225,50 @@ def _qkv_per_head_to_grouped(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     ch = three_c // (3 * num_heads)
     rest = t.shape[1:]
     return t.reshape(num_heads, 3, ch, *rest).transpose(0, 1).reshape(three_c, *rest)
+
+
+def to_reference_state_dict(
+    state_dict: Mapping[str, torch.Tensor], num_heads: int
+) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_reference_state_dict`: our UNet's tensors under the
+    reference `UNetModel`'s keys, shapes and per-head qkv layout (for exporting a model
+    to the authors' code). `num_heads` is the config's head count."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        ref = _reference_module(module, state_dict)
+        t = value.detach().clone()
+        if ref.endswith("qkv"):
+            t = _grouped_to_qkv_per_head(t, num_heads)
+        if leaf == "weight" and ref.endswith(("qkv", "proj_out")):
+            t = t.unsqueeze(-1)  # Linear [out, in] -> 1-d conv [out, in, 1]
+        out[f"{ref}.{leaf}"] = t
+    return out
+
+
+def _reference_module(module: str, state_dict: Mapping[str, Any]) -> str:
+    """Our module path (e.g. "decoder.5.resample.conv") -> the reference's."""
+    if module in _REVERSE_TOP:
+        return _REVERSE_TOP[module]
+    parts = module.split(".")
+    if parts[0] in _MIDDLE:
+        sub = "attn" if parts[0] == "mid_attn" else "res"
+        return f"middle_block.{_MIDDLE.index(parts[0])}.{_REVERSE_INNER[(sub, parts[1])]}"
+    group, index, sub, inner = parts
+    if group == "encoder":
+        name = "op" if sub == "resample" else _REVERSE_INNER[(sub, inner)]
+        return f"input_blocks.{int(index) + 1}.{int(sub == 'attn')}.{name}"
+    pos = {"res": 0, "attn": 1, "resample": 1}[sub]
+    if sub == "resample" and f"decoder.{index}.attn.qkv.weight" in state_dict:
+        pos = 2  # after the ResBlock and the attention
+    return f"output_blocks.{index}.{pos}.{_REVERSE_INNER[(sub, inner)]}"
+
+
+def _grouped_to_qkv_per_head(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of `_qkv_per_head_to_grouped`."""
+    three_c, rest = t.shape[0], t.shape[1:]
+    ch = three_c // (3 * num_heads)
+    return t.reshape(3, num_heads, ch, *rest).transpose(0, 1).reshape(three_c, *rest)
 
 
 def _check_fits(converted: Mapping[str, torch.Tensor], cfg: UNetConfig) -> None:
