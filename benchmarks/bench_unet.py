@@ -16,6 +16,11 @@ shared machine cpu_s/threads well below s_per_step means we were descheduled),
 torch.utils.flop_counter.FlopCounterMode, divided by the wall time) and `frac_of_peak`
 (against the large fp32 or bf16 matmul measured in the same run), and
 `speedup_vs_fp32`. The device's matmul peaks are under `matmul_peak_gflops`.
+
+On a CPU shared with other busy processes, OpenMP threads that spin at barriers while a
+sibling is descheduled can make multi-threaded steps many times slower (seen here: a
+digits step 3.4 s with 2 threads, 0.13 s with OMP_WAIT_POLICY=PASSIVE, 0.08 s with 1
+thread). Use `--threads 1` or set OMP_WAIT_POLICY=PASSIVE there; the JSON records both.
 """
 
 from __future__ import annotations
@@ -187,6 +192,7 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
         "matmul_peak_gflops": peaks,
     }
