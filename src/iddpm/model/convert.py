@@ -94,7 +94,10 @@ def reference_config(*, image_size: int, **ref_kwargs: Any) -> UNetConfig:
         )
     mult = tuple(int(m) for m in kw["channel_mult"])
     rates = {2**level for level in range(len(mult))}
-    sizes = tuple(image_size // int(r) for r in kw["attention_resolutions"] if int(r) in rates)
+    # Largest feature map first, as infer_reference_config returns them.
+    sizes = tuple(
+        sorted({image_size // int(r) for r in kw["attention_resolutions"] if int(r) in rates})[::-1]
+    )
     return UNetConfig(
         image_size=image_size,
         in_channels=int(kw["in_channels"]),
