@@ -11,16 +11,17 @@ from iddpm.config import DiffusionConfig, ExperimentConfig, TrainConfig, UNetCon
 
 
 def _digits() -> ExperimentConfig:
-    # Fits a 2-core laptop CPU: ~0.7M parameters, 8×8 grayscale, recognisable digits in
-    # minutes. T = 1000 keeps the full chain cheap to sample; EMA 0.999 suits short runs.
+    # Fits a 2-core laptop CPU: 755K parameters, 8×8 grayscale, ~19 steps/s at batch 64
+    # on 2 threads (4.3M parameters with 64 channels and 2 blocks ran at ~5 steps/s).
+    # T = 1000 keeps the full chain cheap to sample; EMA 0.999 suits runs of minutes.
     return ExperimentConfig(
         diffusion=DiffusionConfig(num_timesteps=1000),
         model=UNetConfig(
             image_size=8,
             in_channels=1,
             out_channels=2,
-            model_channels=64,
-            num_res_blocks=2,
+            model_channels=32,
+            num_res_blocks=1,
             attention_resolutions=(4,),
             channel_mult=(1, 2),
             num_heads=4,

@@ -23,11 +23,13 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from iddpm.cli.convert import convert
+    from iddpm.cli.demo import demo
     from iddpm.cli.evaluate import fid, nll
     from iddpm.cli.sample import sample
     from iddpm.cli.train import train
 
-    for command in (train, sample, nll, fid):
+    for command in (demo, train, sample, nll, fid, convert):
         cli.add_command(command)
 
 

@@ -19,7 +19,7 @@ from iddpm.data.spec import load_dataset
 from iddpm.generate import sample_images
 from iddpm.plots import save_image_grid
 from iddpm.presets import PRESETS, get_preset
-from iddpm.train.trainer import Trainer
+from iddpm.train.trainer import Trainer, split_batch
 
 
 def resolve_config(
@@ -79,12 +79,7 @@ def train_run(
     """Build everything from `cfg`, train, and return the trainer's summary."""
     ds = load_training_data(cfg)
     world = distributed.world_size()
-    per_rank = cfg.train.batch_size // world
-    if per_rank * world != cfg.train.batch_size:
-        raise ValueError(
-            f"--batch-size {cfg.train.batch_size} is not divisible by {world} ranks; "
-            f"use a multiple of {world}"
-        )
+    per_rank, _ = split_batch(cfg.train.batch_size, world, cfg.train.microbatch)
     batches = ImageBatches(
         ds.images,
         ds.labels,
@@ -94,7 +89,7 @@ def train_run(
         world_size=world,
         random_flip=cfg.train.random_flip,
     )
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and run
+    torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
     trainer = Trainer(
         build_unet(cfg.model),
         build_diffusion(cfg.diffusion),
@@ -115,10 +110,9 @@ def train_run(
 @click.command()
 @click.option(
     "--preset",
-    type=click.Choice(PRESETS),
     default="digits",
     show_default=True,
-    help="starting recipe; every flag below overrides one field of it",
+    help=f"starting recipe ({', '.join(PRESETS)}); every flag below overrides one field of it",
 )
 @click.option(
     "--config",

@@ -329,7 +329,10 @@ class Trainer:
             while self.step_count < total:
                 self.step()
                 record = self._log_if_due() or record
-                bar.update(1, **{k: record[k] for k in ("loss",) if k in record})
+                postfix = {k: record[k] for k in ("loss",) if k in record}
+                if max_seconds is not None:  # a time budget: show the time left, not only ETA
+                    postfix["left_s"] = max(0.0, max_seconds - (time.perf_counter() - start_time))
+                bar.update(1, **postfix)
                 self._after_step_events()
                 if self.step_count % self.cfg.train.checkpoint_every == 0:
                     last_save = self.step_count, self.save_checkpoint()
