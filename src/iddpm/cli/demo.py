@@ -19,13 +19,13 @@ import torch
 from iddpm import distributed
 from iddpm.build import load_model
 from iddpm.cli._common import device_option, emit, pick_device, progress
-from iddpm.cli.train import train_run
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.data.bundled import load_digits
 from iddpm.eval.features import classifier_confidence, get_extractor
 from iddpm.eval.fid import compute_stats, fid_from_stats
 from iddpm.eval.nll import evaluate_nll, write_terms_csv
 from iddpm.generate import sample_images, save_npz
+from iddpm.pipeline import train_run
 from iddpm.plots import plot_bound_terms, plot_schedules, plot_training_curves, save_image_grid
 from iddpm.presets import get_preset
 from iddpm.report import write_report
