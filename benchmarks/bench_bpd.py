@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from torch import nn
 
-from iddpm.diffusion import schedules
-from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
+from _common import cosine_learned_range, wall_seconds
 from iddpm.diffusion.likelihood import bits_per_dim
 
 
@@ -45,16 +43,6 @@ class SmallConv(nn.Module):
         return 0.1 * self.out(self.body(self.inp(x) + emb))
 
 
-def _time(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -69,9 +57,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    diffusion = GaussianDiffusion(
-        schedules.cosine(args.timesteps), MeanType.EPSILON, VarType.LEARNED_RANGE
-    )
+    diffusion = cosine_learned_range(args.timesteps)
     net = SmallConv(args.channels, args.width, args.timesteps).to(device).eval()
     shape = (args.images, args.channels, args.image_size, args.image_size)
     levels = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
@@ -87,7 +73,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             out: dict = {}
-            times.append(_time(lambda k=k, out=out: out.update(r=run(k)), device))
+            times.append(wall_seconds(lambda k=k, out=out: out.update(r=run(k)), device))
             results[name] = out["r"]
         seconds[name] = min(times)
     work = args.images * args.timesteps

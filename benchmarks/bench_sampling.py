@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from iddpm.diffusion import schedules
-from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
+from _common import cosine_learned_range, default_device, set_threads, wall_seconds
 from iddpm.diffusion.respace import spaced_model
 from iddpm.diffusion.samplers import ancestral, ddim, per_sample_generators
 
@@ -82,21 +80,12 @@ def build_network(args: argparse.Namespace) -> tuple[nn.Module, str]:
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median wall-clock seconds of fn() over `repeats` runs, after one warm-up run."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(wall_seconds(fn, device) for _ in range(repeats))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--steps", default="50", help="step spec of the strided process")
     p.add_argument("--diffusion-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
@@ -107,18 +96,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     net, net_name = build_network(args)
     net = net.to(device).eval()
-    base = GaussianDiffusion(
-        schedules.get("cosine", args.diffusion_steps),
-        mean_type=MeanType.EPSILON,
-        var_type=VarType.LEARNED_RANGE,
-    )
+    base = cosine_learned_range(args.diffusion_steps)
     diffusion, model = spaced_model(net, base, args.steps, rescale_timesteps=True)
     K = diffusion.num_timesteps
     shape = (args.batch, args.channels, args.image_size, args.image_size)

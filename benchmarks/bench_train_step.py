@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +31,18 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import (
+    add_model_options,
+    default_device,
+    matmul_peaks,
+    result_header,
+    selected_models,
+    set_threads,
+    sync,
+    wall_seconds,
+)
 from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
 from iddpm.config import ExperimentConfig
-from iddpm.presets import get_preset
 from iddpm.train.trainer import Trainer
 
 VARIANTS = {  # name: (channels_last, precision, compile)
@@ -44,27 +52,6 @@ VARIANTS = {  # name: (channels_last, precision, compile)
     "bf16_channels_last": (True, "bf16", False),
 }
 COMPILED = {"compile": (True, "fp32", True), "bf16_compile": (True, "bf16", True)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 5) -> float:
-    """Best-of-`reps` GFLOP/s of an n×n @ n×n matmul (2n³ FLOPs)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def _batches(cfg: ExperimentConfig, batch: int, device: torch.device) -> Iterator[dict]:
@@ -126,16 +113,12 @@ def bench_model(cfg: ExperimentConfig, batch: int, args: argparse.Namespace, pea
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             step()
-        _sync(device)
+        sync(device)
         warm_s[name] = round(time.perf_counter() - t0, 2)
     wall: dict[str, list[float]] = {n: [] for n in steps}
     for _ in range(args.steps):
         for name, step in steps.items():
-            _sync(device)
-            w0 = time.perf_counter()
-            step()
-            _sync(device)
-            wall[name].append(time.perf_counter() - w0)
+            wall[name].append(wall_seconds(step, device))
     counted = _trainer(cfg, batch, VARIANTS["fp32"], device)
     with FlopCounterMode(display=False) as counter:
         counted.step()
@@ -164,36 +147,14 @@ def bench_model(cfg: ExperimentConfig, batch: int, args: argparse.Namespace, pea
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
-    p.add_argument("--digits-batch", type=int, default=64)
-    p.add_argument("--cifar-batch", type=int, default=8)
-    p.add_argument("--models", default="digits,cifar10", help="comma list: digits,cifar10")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--compile", action="store_true", help="add torch.compile variants")
+    add_model_options(p, device=default_device(), steps=3, warmup=1)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    n = 8192 if device.type == "cuda" else 2048
-    peaks = {
-        "fp32": round(matmul_peak_gflops(device, torch.float32, n), 1),
-        "bf16": round(matmul_peak_gflops(device, torch.bfloat16, n), 1),
-    }
-    result: dict = {
-        "benchmark": "train_step",
-        "device": args.device,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
-        "matmul_peak_gflops": peaks,
-    }
-    batches = {"digits": args.digits_batch, "cifar10": args.cifar_batch}
-    for name in args.models.split(","):
-        if name not in batches:
-            raise SystemExit(f"unknown model {name!r}; choose from digits, cifar10")
-        result[name] = bench_model(get_preset(name), batches[name], args, peaks)
+    set_threads(args.threads)
+    peaks = matmul_peaks(torch.device(args.device), reps=5)
+    result = result_header("train_step", args.device)
+    result["matmul_peak_gflops"] = peaks
+    for name, cfg, batch in selected_models(args):
+        result[name] = bench_model(cfg, batch, args, peaks)
     print(json.dumps(result))
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -35,43 +34,16 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import (
+    add_model_options,
+    matmul_peaks,
+    result_header,
+    selected_models,
+    set_threads,
+    sync,
+)
 from iddpm.config import UNetConfig
 from iddpm.model.unet import UNet
-
-# ~0.76M parameters: 8×8 grayscale digits, learned sigma.
-DIGITS = UNetConfig(
-    image_size=8,
-    in_channels=1,
-    out_channels=2,
-    model_channels=32,
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    channel_mult=(1, 2),
-    num_heads=4,
-)
-# The paper's CIFAR-10 model (52.5M parameters) with its training dropout of 0.3.
-CIFAR10 = UNetConfig(dropout=0.3)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> float:
-    """Best-of-`reps` GFLOP/s of an n×n @ n×n matmul (2n³ FLOPs)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def _model(cfg: UNetConfig, device: torch.device, channels_last: bool) -> UNet:
@@ -135,17 +107,17 @@ def bench_model(cfg: UNetConfig, batch: int, args: argparse.Namespace, peaks: di
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             steps[name]()
-        _sync(device)
+        sync(device)
         if comp:
             compile_s[name] = round(time.perf_counter() - t0, 1)
     wall: dict[str, list[float]] = {n: [] for n in variants}
     cpu: dict[str, list[float]] = {n: [] for n in variants}
     for _ in range(args.steps):
         for name, step in steps.items():
-            _sync(device)
+            sync(device)
             c0, w0 = time.process_time(), time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     gflop = count_step_gflop(cfg, batch, device)
@@ -170,36 +142,15 @@ def bench_model(cfg: UNetConfig, batch: int, args: argparse.Namespace, peaks: di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
-    p.add_argument("--digits-batch", type=int, default=64)
-    p.add_argument("--cifar-batch", type=int, default=8)
-    p.add_argument("--models", default="digits,cifar10", help="comma list: digits,cifar10")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--compile", action="store_true", help="add torch.compile variants")
+    add_model_options(p, device="cpu", steps=5, warmup=2)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    n = 8192 if device.type == "cuda" else 2048
-    peaks = {
-        "fp32": round(matmul_peak_gflops(device, torch.float32, n), 1),
-        "bf16": round(matmul_peak_gflops(device, torch.bfloat16, n), 1),
-    }
-    result: dict = {
-        "benchmark": "unet_forward_backward",
-        "device": args.device,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
-        "matmul_peak_gflops": peaks,
-    }
-    configs = {"digits": (DIGITS, args.digits_batch), "cifar10": (CIFAR10, args.cifar_batch)}
-    for name in args.models.split(","):
-        cfg, batch = configs[name]
-        result[name] = {"config": cfg.to_dict(), **bench_model(cfg, batch, args, peaks)}
+    set_threads(args.threads)
+    peaks = matmul_peaks(torch.device(args.device), reps=10)
+    result = result_header("unet_forward_backward", args.device)
+    result["matmul_peak_gflops"] = peaks
+    for name, cfg, batch in selected_models(args):
+        unet = cfg.model
+        result[name] = {"config": unet.to_dict(), **bench_model(unet, batch, args, peaks)}
     print(json.dumps(result))
 
 
