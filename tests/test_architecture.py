@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "iddpm"
 
 # module -> iddpm modules it may import (prefix match: "diffusion" allows diffusion.*).
-DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "losses"]
+DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "likelihood_mc", "losses"]
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "presets": {"config"},
@@ -18,6 +18,12 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion.schedules": {"_tensor"},
     "diffusion.gaussian": {"_tensor", "diffusion.schedules"},
     "diffusion.likelihood": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
+    "diffusion.likelihood_mc": {
+        "_tensor",
+        "diffusion.schedules",
+        "diffusion.gaussian",
+        "diffusion.likelihood",
+    },
     "diffusion.losses": {
         "_tensor",
         "diffusion.schedules",
@@ -62,6 +68,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "eval.nll": {
         "diffusion.likelihood",
+        "diffusion.likelihood_mc",
         "diffusion.respace",
         "build",
         "checkpoint",

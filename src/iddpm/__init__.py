@@ -16,7 +16,8 @@ from iddpm.config import (
 from iddpm.data.bundled import load_digits
 from iddpm.diffusion import samplers, schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
-from iddpm.diffusion.likelihood import bits_per_dim, estimate_bits_per_dim
+from iddpm.diffusion.likelihood import bits_per_dim
+from iddpm.diffusion.likelihood_mc import estimate_bits_per_dim
 from iddpm.diffusion.losses import training_losses
 from iddpm.diffusion.respace import parse_steps, respace, spaced_model
 from iddpm.diffusion.timestep_sampler import LossSecondMomentSampler, UniformSampler

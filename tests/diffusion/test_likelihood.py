@@ -21,7 +21,6 @@ from iddpm.diffusion.likelihood import (
     bits_per_dim,
     check_uint8_grid,
     discretized_gaussian_log_likelihood,
-    estimate_bits_per_dim,
     normal_kl,
     prior_bits,
     standard_normal_cdf,
@@ -335,50 +334,3 @@ def test_bits_per_dim_rejects_bad_inputs(kwargs, match) -> None:
     x0 = kwargs.pop("x0", _grid_images(2, (1, 2, 2), seed=9))
     with pytest.raises(ValueError, match=match):
         bits_per_dim(gaussian_oracle(d, 0.0, 0.5), d, x0, **kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (
-            {"method": "sobol"},
-            r"unknown Monte-Carlo method 'sobol'; choose one of: stratified, importance",
-        ),
-        (
-            {"num_samples_per_image": 0},
-            r"num_samples_per_image must be an integer in \[1, 21\] \(one per",
-        ),
-        ({"method": "importance", "num_samples_per_image": 0}, r"must be an integer >= 1, got 0"),
-        ({"num_samples_per_image": 22}, r"num_samples_per_image must be an integer in \[1, 21\]"),
-        ({"method": "importance", "probs": torch.ones(20) / 20}, r"probs must be \[21\] positive"),
-        ({"method": "importance", "probs": torch.eye(21)[0]}, r"zero-probability step would bias"),
-        ({"probs": torch.ones(21) / 21}, r"probs only applies to method='importance'"),
-    ],
-)
-def test_estimate_bits_per_dim_rejects_bad_inputs(kwargs, match) -> None:
-    d = _diffusion(21, var_type=VarType.LEARNED)
-    kwargs = {"num_samples_per_image": 3, **kwargs}
-    with pytest.raises(ValueError, match=match):
-        estimate_bits_per_dim(
-            gaussian_oracle(d, 0.0, 0.5), d, _grid_images(2, (1, 2, 2), 9), **kwargs
-        )
-
-
-def test_estimate_bits_per_dim_strata_cover_every_step_once() -> None:
-    d = _diffusion(23, var_type=VarType.LEARNED)
-    x0 = _grid_images(50, (1, 1, 1), seed=10)
-    r = estimate_bits_per_dim(
-        gaussian_oracle(d, 0.0, 0.5),
-        d,
-        x0,
-        num_samples_per_image=5,
-        generator=torch.Generator().manual_seed(0),
-        timestep_batch=2,
-    )
-    edges = [0, 4, 9, 13, 18, 23]  # floor(j·23/5)
-    for j in range(5):
-        assert ((r.timesteps[:, j] >= edges[j]) & (r.timesteps[:, j] < edges[j + 1])).all()
-        assert (r.weights[:, j] == edges[j + 1] - edges[j]).all()
-    assert r.weights[0].sum() == 23
-    torch.testing.assert_close(r.total_bpd, r.prior_bpd + (r.weights * r.terms_bpd).sum(1))
-    assert r.stderr.shape == (50,) and torch.isfinite(r.stderr).all()

@@ -6,14 +6,13 @@ the term stored at code step t is the paper's L_t (KL at t ≥ 1, the decoder NL
 t = 0) and the prior term is L_T.
 
 `bits_per_dim` evaluates all T terms of one image with one noise draw per term, several
-timesteps per network call; `estimate_bits_per_dim` is an unbiased Monte-Carlo estimate
-of the same bound from K sampled steps per image (stratified or importance-sampled),
-with a standard error.
+timesteps per network call; `likelihood_mc.estimate_bits_per_dim` is an unbiased
+Monte-Carlo estimate of the same bound from K sampled steps per image (stratified or
+importance-sampled), with a standard error.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,156 +295,3 @@ def bits_per_dim(
             progress(int(steps[-1]) + 1, num_t)
     prior = prior_bits(diffusion, x0).to(torch.float64)
     return BpdResult(prior + vb.sum(dim=1), prior, vb, mse, x0_mse)
-
-
-# ---------------------------------------------------------------------- Monte-Carlo bound
-class McMethod(enum.Enum):
-    """How `estimate_bits_per_dim` draws its K steps per image."""
-
-    STRATIFIED = "stratified"  # one uniform step in each of K equal strata of [0, T)
-    IMPORTANCE = "importance"  # K iid steps t ~ probs, weighted 1/(K·p_t)
-
-
-@dataclass
-class McBpdResult:
-    """Unbiased estimate of the bound per image, bits per dimension, float64.
-
-    total_bpd, stderr, prior_bpd: [N]; timesteps, weights, terms_bpd: [N, K] with
-    total_bpd = prior_bpd + (weights · terms_bpd).sum(1). `stderr` is the Monte-Carlo
-    standard error of total_bpd (NaN when K is too small to estimate it).
-    """
-
-    total_bpd: torch.Tensor
-    stderr: torch.Tensor
-    prior_bpd: torch.Tensor
-    timesteps: torch.Tensor
-    weights: torch.Tensor
-    terms_bpd: torch.Tensor
-
-    @property
-    def mean_stderr(self) -> float:
-        """Monte-Carlo standard error of total_bpd.mean() (images drawn independently)."""
-        return float(self.stderr.pow(2).sum().sqrt() / self.stderr.numel())
-
-
-def _strata(num_t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boundaries floor(j·T/K): (starts [K], sizes [K]) int64, every size >= 1 when K <= T."""
-    edges = torch.tensor([(j * num_t) // k for j in range(k + 1)], dtype=torch.long)
-    return edges[:-1], edges[1:] - edges[:-1]
-
-
-def _stratified_stderr(terms: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Collapsed-strata variance: pair consecutive strata (the last three if K is odd) and
-    treat each group as one stratum sampled g times: var = Σ_groups m²·s²(L)/g, m its size.
-    Its expectation is >= the true variance (it adds the spread of the strata means), so
-    the stderr is conservative. terms: [N, K] bits; sizes: [K]. Returns [N] (NaN for K=1).
-    """
-    k = terms.shape[1]
-    if k < 2:
-        return torch.full_like(terms[:, 0], float("nan"))
-    bounds = list(range(0, k - 1, 2))
-    groups = [(b, b + 2) for b in bounds[:-1]] + [(bounds[-1], k)]
-    var = torch.zeros_like(terms[:, 0])
-    for lo, hi in groups:
-        m = float(sizes[lo:hi].sum())
-        var += m**2 * terms[:, lo:hi].var(dim=1, unbiased=True) / (hi - lo)
-    return var.sqrt()
-
-
-def _iid_stderr(y: torch.Tensor) -> torch.Tensor:
-    """Standard error of y.mean(1) from K iid draws y: [N, K]; NaN for K = 1."""
-    if y.shape[1] < 2:
-        return torch.full_like(y[:, 0], float("nan"))
-    return (y.var(dim=1, unbiased=True) / y.shape[1]).sqrt()
-
-
-def _sample_steps(
-    method: McMethod,
-    num_t: int,
-    n: int,
-    k: int,
-    probs: torch.Tensor | None,
-    like: torch.Tensor,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(timesteps [N, K] int64, weights [N, K] float64) on x0's device."""
-    if method is McMethod.STRATIFIED:
-        starts, sizes = (v.to(like.device) for v in _strata(num_t, k))
-        u = _draw("uniform", (n, k), like, generator)
-        t = starts + (u * sizes).floor().long().clamp_max(sizes - 1)
-        return t, sizes.to(torch.float64).expand(n, k)
-    p = torch.full((num_t,), 1.0 / num_t, dtype=torch.float64) if probs is None else probs
-    flat = torch.multinomial(
-        p.to(generator.device if generator else "cpu"), n * k, True, generator=generator
-    )
-    t = flat.reshape(n, k).to(like.device)
-    return t, 1.0 / (k * p.to(like.device)[t])
-
-
-def _check_probs(probs: torch.Tensor | None, num_t: int) -> torch.Tensor | None:
-    if probs is None:
-        return None
-    p = torch.as_tensor(probs, dtype=torch.float64).detach().cpu()
-    if p.shape != (num_t,) or not bool((p > 0).all()) or abs(float(p.sum()) - 1.0) > 1e-6:
-        raise ValueError(
-            f"probs must be [{num_t}] positive and sum to 1, got shape {tuple(p.shape)}; "
-            "a zero-probability step would bias the estimate, so mix in uniform mass"
-        )
-    return p / p.sum()
-
-
-@torch.no_grad()
-def estimate_bits_per_dim(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    x0: torch.Tensor,
-    *,
-    num_samples_per_image: int,
-    method: McMethod | str = McMethod.STRATIFIED,
-    probs: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = True,
-    model_kwargs: dict[str, Any] | None = None,
-    timestep_batch: int = 16,
-    exact: bool = True,
-) -> McBpdResult:
-    """Unbiased Monte-Carlo estimate of the full bound from K sampled steps per image.
-
-    total = L_T + Σ_t L_t with the sum estimated per image (P10, P13's identity
-    Σ_t L_t = E_{t∼p}[L_t/p_t]): "stratified" splits [0, T) into K strata at floor(j·T/K),
-    draws one uniform step in each and weights it by its stratum's size; "importance"
-    draws K iid steps from `probs` ([T], positive, default uniform) with weights 1/(K·p_t).
-    E over steps and noise equals E over noise of `bits_per_dim`. Draw order from
-    `generator`: all steps first, then one noise draw of x0's shape per column k.
-    Other arguments as in `bits_per_dim`; K network evaluations per image.
-    """
-    _check_inputs(diffusion, x0, timestep_batch)
-    num_t, n, k = diffusion.num_timesteps, x0.shape[0], num_samples_per_image
-    try:
-        method = McMethod(method)
-    except ValueError:
-        choices = ", ".join(m.value for m in McMethod)
-        raise ValueError(
-            f"unknown Monte-Carlo method {method!r}; choose one of: {choices}"
-        ) from None
-    stratified = method is McMethod.STRATIFIED
-    if not isinstance(k, int) or k < 1 or (stratified and k > num_t):
-        allowed = f"in [1, {num_t}] (one per stratum of T)" if stratified else ">= 1"
-        raise ValueError(f"num_samples_per_image must be an integer {allowed}, got {k!r}")
-    p = _check_probs(probs, num_t)
-    if p is not None and method is not McMethod.IMPORTANCE:
-        raise ValueError("probs only applies to method='importance'; drop it or switch method")
-    t, weights = _sample_steps(method, num_t, n, k, p, x0, generator)
-    terms = torch.empty(n, k, dtype=torch.float64, device=x0.device)
-    for start in range(0, k, timestep_batch):
-        cols = slice(start, min(start + timestep_batch, k))
-        terms[:, cols] = _eval_columns(
-            model_fn, diffusion, x0, t[:, cols], generator, clip_denoised, model_kwargs, exact
-        )[0]
-    prior = prior_bits(diffusion, x0).to(torch.float64)
-    total = prior + (weights * terms).sum(dim=1)
-    if method is McMethod.STRATIFIED:
-        stderr = _stratified_stderr(terms, _strata(num_t, k)[1].to(x0.device))
-    else:
-        stderr = _iid_stderr(terms * weights * k)  # iid draws of L_t / p_t
-    return McBpdResult(total, stderr, prior, t, weights, terms)

@@ -20,7 +20,8 @@ from iddpm import distributed
 from iddpm._tensor import to_model_range
 from iddpm.build import LoadedModel, spaced
 from iddpm.config import EvalConfig
-from iddpm.diffusion.likelihood import bits_per_dim, estimate_bits_per_dim
+from iddpm.diffusion.likelihood import bits_per_dim
+from iddpm.diffusion.likelihood_mc import estimate_bits_per_dim
 from iddpm.diffusion.respace import parse_steps
 
 
