@@ -46,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "build": {"config", "diffusion", "model", "checkpoint"},
     "train.ema": set(),
     "train.metrics": set(),
+    "train.rules": set(),
     "train.trainer": {
         "diffusion.gaussian",
         "diffusion.respace",
@@ -53,6 +54,7 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.timestep_sampler",
         "train.ema",
         "train.metrics",
+        "train.rules",
         "distributed",
         "checkpoint",
         "config",

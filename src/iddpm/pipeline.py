@@ -17,7 +17,8 @@ from iddpm.data.loader import ImageBatches
 from iddpm.data.spec import load_dataset
 from iddpm.generate import sample_images
 from iddpm.plots import save_image_grid
-from iddpm.train.trainer import Trainer, split_batch
+from iddpm.train.rules import split_batch
+from iddpm.train.trainer import Trainer
 
 
 def load_training_data(cfg: ExperimentConfig) -> ImageDataset:

@@ -18,7 +18,7 @@ from iddpm.config import DiffusionConfig, ExperimentConfig, TrainConfig, UNetCon
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.timestep_sampler import LossSecondMomentSampler, UniformSampler
-from iddpm.train.trainer import Trainer, derive_seed, split_batch, warmup_lr
+from iddpm.train.trainer import Trainer
 
 T = 10
 
@@ -143,32 +143,7 @@ def assert_trees_equal(a: Any, b: Any, where: str = "state") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-# ---- set-up errors and pure helpers ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("batch", "world", "micro", "message"),
-    [
-        (
-            30,
-            4,
-            2,
-            "--batch-size 30 is not divisible by 4 ranks × micro-batch 2; use a multiple of 8",
-        ),
-        (30, 4, 0, "--batch-size 30 is not divisible by 4 ranks; use a multiple of 4"),
-        (6, 1, 4, "--batch-size 6 is not divisible by 1 rank × micro-batch 4; use a multiple of 4"),
-    ],
-)
-def test_batch_size_must_divide_by_ranks_times_microbatch(batch, world, micro, message) -> None:
-    with pytest.raises(ValueError) as e:
-        split_batch(batch, world, micro)
-    assert str(e.value) == message
-
-
-def test_batch_split_is_per_rank_then_micro() -> None:
-    assert split_batch(32, 4, 2) == (8, 2)
-    assert split_batch(32, 4, 0) == (8, 8)
-    assert split_batch(8, 1, 0) == (8, 8)
+# ---- set-up errors ------------------------------------------------------------------
 
 
 def test_fp16_on_cpu_is_refused() -> None:
@@ -205,17 +180,6 @@ def test_non_finite_loss_stops_with_one_line() -> None:
     trainer = Trainer(Broken(), diffusion, Batches(images(), 8), UniformSampler(T), make_cfg())
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
         trainer.step()
-
-
-def test_warmup_is_linear_then_constant() -> None:
-    assert [warmup_lr(1.0, s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert warmup_lr(0.1, 0, 0) == 0.1
-
-
-def test_derived_seeds_are_deterministic_and_distinct() -> None:
-    seeds = {derive_seed(7, step, i) for step in range(50) for i in range(50)}
-    assert len(seeds) == 2500 and all(0 <= s < 2**63 for s in seeds)
-    assert derive_seed(7, 3, 1) == derive_seed(7, 3, 1) != derive_seed(7, 1, 3)
 
 
 # ---- learning ----------------------------------------------------------------------------
