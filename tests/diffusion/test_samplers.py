@@ -33,16 +33,6 @@ from iddpm.diffusion.samplers import (
 MU, S = 0.3, 0.2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These loops run thousands of ops on tensors of a few thousand elements: on a shared
-    # 2-core machine a second intra-op thread mostly waits for the other (10-100x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(schedule: str = "cosine", T: int = 1000, **kw) -> GaussianDiffusion:
     return GaussianDiffusion(schedules.get(schedule, T), **kw)
 

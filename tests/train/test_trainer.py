@@ -23,15 +23,6 @@ from iddpm.train.trainer import Trainer
 T = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: thread hand-offs cost more than they save, badly so on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyNet(nn.Module):
     """A small conv net: x_t, sinusoidal features of t and a learned per-pixel bias (so it
     can memorise a fixed batch) -> ε (and the variance channels)."""
