@@ -26,7 +26,7 @@ _EXPORTS = {
     "MeanType": "iddpm.diffusion.gaussian",
     "VarType": "iddpm.diffusion.gaussian",
     "bits_per_dim": "iddpm.diffusion.likelihood",
-    "estimate_bits_per_dim": "iddpm.diffusion.likelihood",
+    "estimate_bits_per_dim": "iddpm.diffusion.likelihood_mc",
     "training_losses": "iddpm.diffusion.losses",
     "parse_steps": "iddpm.diffusion.respace",
     "respace": "iddpm.diffusion.respace",
