@@ -212,3 +212,25 @@ def test_bad_training_input_leaves_checkpoints_intact(tmp_path) -> None:
                   "--in-channels", 3, ok=False)  # fmt: skip
     assert_one_line_error(res, "broken.png")
     assert ckpt.read_bytes() == before
+
+
+def test_sweep_over_sampling_steps(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli("sweep", run, "--steps", "5", "--steps", "full", "--num", 8,
+                  "--nll-images", 2, "--out-dir", tmp_path)  # fmt: skip
+    summary = last_json(res)
+    assert summary["steps"] == [5, 20] and len(summary["fid"]) == 2 and len(summary["bpd"]) == 2
+    assert all(f > 0 for f in summary["fid"])
+    assert (tmp_path / "fid_vs_steps.png").stat().st_size > 0
+    assert (tmp_path / "bpd_vs_steps.png").stat().st_size > 0
+    assert (tmp_path / "sweep.csv").read_text().startswith("steps,spec,fid,bpd")
+
+
+def test_inception_features_missing_say_what_to_install(tmp_path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is not None:
+        pytest.skip("torch-fidelity is installed here; this checks the message when it is not")
+    np.savez(tmp_path / "s.npz", arr_0=load_digits("test").images[:4])
+    res = run_cli("fid", tmp_path / "s.npz", "--ref", "digits", "--features", "inception", ok=False)
+    assert_one_line_error(res, "iddpm[fid]")

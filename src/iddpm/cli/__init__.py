@@ -35,9 +35,10 @@ def _register() -> None:
     from iddpm.cli.demo import demo
     from iddpm.cli.evaluate import fid, nll
     from iddpm.cli.sample import sample
+    from iddpm.cli.sweep import sweep
     from iddpm.cli.train import train
 
-    for command in (demo, train, sample, nll, fid, convert, ablate):
+    for command in (demo, train, sample, nll, fid, sweep, convert, ablate):
         cli.add_command(command)
 
 
