@@ -1,0 +1,31 @@
+"""`iddpm demo` end to end in a reduced form (seconds), so CI keeps the main job working."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner
+
+from iddpm.cli import cli
+
+
+def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
+    run = tmp_path / "demo"
+    args = ["demo", "--run-dir", str(run), "--minutes", "0.05", "--max-steps", "6",
+            "--num-samples", "4", "--sample-steps", "5", "--nll-images", "2",
+            "--diffusion-steps", "40"]  # fmt: skip
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    headline = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 1 <= headline["train_steps"] <= 6
+    assert headline["bpd"] > 0 and headline["nll_images"] == 2
+    for key in ("fid_5steps", "fid_40steps", "confident_fraction_5steps"):
+        assert key in headline
+    assert json.loads((run / "demo_result.json").read_text()) == headline
+    report = (run / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) >= 4
+    for link in links:
+        assert (run / link).stat().st_size > 0, link
+    assert "iddpm nll" in report and "bits/dim" in report
