@@ -166,7 +166,9 @@ class UNetConfig(_Serializable):
 @dataclass(frozen=True)
 class TrainConfig(_Serializable):
     """Optimisation and run bookkeeping. `batch_size` is global (all ranks together);
-    `microbatch` is the per-rank micro-batch (0: the whole per-rank batch at once)."""
+    `microbatch` is the per-rank micro-batch (0: the whole per-rank batch at once).
+    `ema_warmup` caps the EMA rate at (1 + k)/(10 + k) at step k (off in the paper's
+    recipes; on for short CPU runs, see train/ema.py)."""
 
     data: str = "digits"
     class_cond: bool = False
@@ -177,6 +179,7 @@ class TrainConfig(_Serializable):
     weight_decay: float = 0.0
     warmup_steps: int = 0
     ema_rates: tuple[float, ...] = (0.9999,)
+    ema_warmup: bool = False
     grad_clip: float = 0.0
     precision: str = "fp32"
     channels_last: bool = False

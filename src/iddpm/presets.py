@@ -33,6 +33,7 @@ def _digits() -> ExperimentConfig:
             batch_size=64,
             lr=2e-4,
             ema_rates=(0.999,),
+            ema_warmup=True,  # minutes-long runs: keep the initial weights out of the average
             steps=6000,
             log_every=50,
             checkpoint_every=1000,

@@ -112,3 +112,29 @@ def test_bad_rates_are_refused(rates) -> None:
 def test_unknown_rate_lookup_names_the_available_ones() -> None:
     with pytest.raises(ValueError, match=r"no EMA at rate 0.5; available rates: \[0.9\]"):
         EMA(_model(), [0.9]).averaged(0.5)
+
+
+def test_warmup_caps_the_rate_early_and_not_late() -> None:
+    model = _model()
+    ema = EMA(model, [0.999], warmup=True)
+    assert ema.effective_rate(0.999, 0) == pytest.approx(0.1)
+    assert ema.effective_rate(0.999, 90) == pytest.approx(0.91)
+    assert ema.effective_rate(0.999, 100_000) == 0.999
+    assert EMA(model, [0.999]).effective_rate(0.999, 0) == 0.999  # off by default
+
+
+def test_warmup_average_matches_the_closed_form() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ema = EMA(model, [0.999], warmup=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    for k in range(3):
+        ema.update(model, step=k)
+    # shadow = Π_k r_k · θ0 + (1 − Π_k r_k) · 1 with r_k = (1 + k)/(10 + k)
+    keep = (1 / 10) * (2 / 11) * (3 / 12)
+    for name, avg in ema.averaged(0.999).items():
+        want = keep * start[name] + (1 - keep) * torch.ones_like(avg)
+        torch.testing.assert_close(avg, want, atol=1e-6, rtol=1e-6)

@@ -64,6 +64,7 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "warmup_steps": "linear learning-rate warm-up steps",
     "ema_rates": "EMA rates, e.g. 0.9999 or 0.999,0.9999",
+    "ema_warmup": "cap the EMA rate at (1+k)/(10+k) at step k (for short runs)",
     "grad_clip": "clip the gradient norm to this (0: off)",
     "precision": "fp32, bf16 autocast, or fp16 autocast with loss scaling (GPU)",
     "channels_last": "channels_last memory format",

@@ -108,7 +108,7 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.net = self._wrap(self.module)
         # after the wrap: DDP has just broadcast rank 0's weights, which the EMA starts from
-        self.ema = EMA(self.module, tc.ema_rates)
+        self.ema = EMA(self.module, tc.ema_rates, warmup=tc.ema_warmup)
         self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
         scale = 1000.0 / diffusion.num_timesteps if cfg.diffusion.rescale_timesteps else 1.0
         self.model_fn = ModelAdapter(self._network, scale=scale)
@@ -133,7 +133,7 @@ class Trainer:
         losses = self._forward_backward(x0, cond, t, weights, noise)
         # 3. clip, warm-up LR, optimizer step; 4. EMA of the new weights
         grad_norm = self._clip_and_update()
-        self.ema.update(self.module)
+        self.ema.update(self.module, step=self.step_count)
         # 5. every rank's (t, loss) pairs into the timestep sampler and the metrics
         self._record(t, losses, grad_norm)
         self.step_count += 1
