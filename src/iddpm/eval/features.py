@@ -250,7 +250,7 @@ def _import_torch_fidelity():
             ) from None
         raise ImportError(
             "Inception FID needs torch-fidelity and a torchvision matching torch "
-            f"{torch.__version__}: pip install 'iddpm[fid]' (or use --extractor digits)"
+            f"{torch.__version__}: pip install 'iddpm[fid]' (or use --features digits)"
         ) from None
     except Exception as err:  # e.g. a torchvision built for another torch fails on import
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
