@@ -171,6 +171,11 @@ def test_tiny_run_writes_report_results_and_resumes(tmp_path) -> None:
     ab.run_plan(plan, TINY, out, jobs=1)
     log = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
     assert [sorted(e["computed"]) for e in log] == [sorted(u.name for u in plan), []]
+    assert "Measured wall-clock" in text and "for 2 units" in text
+    # cached results never mix budgets: other settings are refused, naming the fix
+    other = ab.Settings(**{**TINY.__dict__, "fid_samples": 80})
+    with pytest.raises(ValueError, match=r"was measured with other settings.*another --out"):
+        ab.run_unit(plan[0], other, out)
 
 
 def test_cli_rejects_unknown_long_objective() -> None:

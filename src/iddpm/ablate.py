@@ -286,7 +286,13 @@ def run_unit(
     d = out / "units" / unit.name
     done = d / "result.json"
     if done.is_file():
-        return _read_json(done)
+        cached = _read_json(done)
+        if cached["settings"] != json.loads(json.dumps(asdict(settings))):
+            raise ValueError(
+                f"{done} was measured with other settings ({cached['settings']}); "
+                "use another --out or delete that folder"
+            )
+        return cached
     if deadline is not None and time.time() > deadline:
         return {"unit": asdict(unit), "name": unit.name, "skipped": "time budget exhausted"}
     cfg = unit_config(unit, settings)
@@ -296,6 +302,11 @@ def run_unit(
         ckpts = run / "checkpoints"
         resume = ckpts.is_dir() and any(ckpts.iterdir())
         summary = train_run(cfg, run, resume=resume, device=torch.device(device), progress=False)
+        if summary["step"] < cfg.train.steps:  # stopped by a signal: resume next time
+            raise RuntimeError(
+                f"{unit.name}: training stopped at step {summary['step']} of "
+                f"{cfg.train.steps}; rerun the same command to resume it"
+            )
         _write_json(train_json, summary)
     trained = _read_json(train_json)
     result: dict[str, Any] = {
@@ -745,10 +756,12 @@ def render_report(
         "",
         f"    {meta['command']}",
         "",
-        f"Measured wall-clock of that command: **{meta['wall_s'] / 60:.1f} min** on "
-        f"{meta['machine']} ({meta['jobs']} worker process(es) × {meta['threads']} thread(s)). "
-        "Finished units are cached under the output folder, so a rerun only redoes what is "
-        "missing; delete the folder for a fresh run.",
+        f"Measured wall-clock: **{meta['compute_wall_s'] / 60:.1f} min** for the invocation(s) "
+        f"that trained and evaluated the units ({meta['invocations_text']}), on "
+        f"{meta['machine']}, {meta['jobs']} worker process(es) × {meta['threads']} thread(s), "
+        "sharing the CPU with other work. Finished units are cached under the output folder "
+        "(a rerun only redoes what is missing, and `--report-only` just rewrites this page); "
+        "delete the folder for a fresh run.",
         "",
         "## Setup and budget",
         "",
@@ -779,7 +792,7 @@ def render_report(
         "",
     ]
     head = ["steps", "T", "schedule", "objective", "σ²", "seeds", "NLL (bits/dim)"]
-    head += [f"FID K={k}" for k in ks]
+    head += [f"FID K={k}" if k in st["sample_steps"] else f"FID full ({k})" for k in ks]
     body = []
     for a, s in summary.items():
         fids = [_pm(s["stats"].get(f"fid_{k}"), 2) for k in ks]
@@ -821,6 +834,8 @@ def render_report(
     lines += [markdown_table(crows, ["arm", "seeds", *CURVE_KEYS]), ""]
     for title, rel, caption in figures:
         lines += [f"## {title}", "", caption, "", f"![{title}]({rel})", ""]
+    if meta.get("grids_md"):
+        lines += ["## Samples (first seed, cosine)", "", meta["grids_md"], ""]
     lines += ["## Where this disagrees with the paper, and caveats", ""]
     lines += [f"- {c}" for c in meta["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -842,6 +857,16 @@ def _notes(claims: dict[str, dict[str, Any]], summary) -> list[str]:
     for k, c in claims.items():
         if c["verdict"] != "reproduced":
             notes.append(f"{k} ({c['claim']}): **{c['verdict']}** — {'; '.join(c['evidence'])}.")
+    for sched in ("cosine", "linear"):
+        arms = [(a, st) for a, st in summary.items() if a[0] == sched and "bpd" in st["stats"]]
+        t = min((a[1] for a, _ in arms), default=0)
+        arms = sorted((st["stats"]["bpd"][0], a) for a, st in arms if a[1] == t)
+        if len(arms) > 1:
+            order = " < ".join(f"{OBJ_LABEL[a[2]]} ({SIGMA_LABEL[a[3]]}) {v:.3f}" for v, a in arms)
+            notes.append(
+                f"NLL ordering, {sched} T={t} (bits/dim, mean over seeds): {order}. The paper's "
+                "ordering: L_vlb (importance) < L_hybrid < L_simple."
+            )
     notes += [
         "Scale: 8×8 one-channel digits, a 755K-parameter UNet and a few thousand steps, "
         "against 32×32/64×64 images, 50–100M parameters and 500K–1.5M steps in the paper; "
@@ -852,6 +877,70 @@ def _notes(claims: dict[str, dict[str, Any]], summary) -> list[str]:
         "arms, an assumption rather than a measurement.",
     ]
     return notes
+
+
+def _figures(out, plan, summary, settings, folder) -> list[tuple[str, Path, str]]:
+    figures = []
+    for sched in ("cosine", "linear"):
+        p = plot_fid_vs_steps(folder / f"fid_vs_steps_{sched}.png", summary, sched)
+        if p is not None:
+            cap = "Mean over seeds; the rightmost point is the full chain (T = 1000 arms only)."
+            figures.append((f"Sample quality vs sampling steps ({sched})", p, cap))
+    for sched in ("cosine", "linear"):
+        first = [u for u in plan if u.schedule == sched and u.seed == plan[0].seed]
+        t = min((u.timesteps for u in first), default=0)
+        vlb = [u for u in first if u.objective.startswith("vlb") and u.timesteps == t]
+        allobj = [u for u in first if u.timesteps == t]
+        for tag, units, cap in (
+            ("vlb", vlb, "L_vlb with uniform vs importance-sampled t (the paper's Figure 6)."),
+            ("all", allobj, "Training curves of every objective (losses differ in scale)."),
+        ):
+            p = plot_curves(folder / f"curves_{tag}_{sched}.png", out, units, settings.curve_window)
+            if p is not None:
+                figures.append((f"Training curves, {sched}, {tag}", p, cap))
+    return figures
+
+
+def _grids(out: Path, plan: Sequence[Unit], folder: Path, report: Path) -> str:
+    """Copy the first cosine seed's sample grids at the smallest K and the full chain into
+    the figures folder; return a Markdown table of them ('' when none exist)."""
+    import shutil
+
+    rows = []
+    units = [u for u in plan if u.schedule == "cosine" and u.seed == plan[0].seed]
+    t = min((u.timesteps for u in units), default=0)
+    for u in (u for u in units if u.timesteps == t):
+        for var_type in OBJECTIVES[u.objective][3]:
+            src = sorted(
+                (out / "units" / u.name / var_type).glob("samples_K*.png"),
+                key=lambda p: int(p.stem.split("K")[1]),
+            )
+            if len(src) < 2:
+                continue
+            cells = []
+            for png in (src[0], src[-1]):
+                dst = folder / f"samples_{u.name}_{var_type}_{png.stem.split('_')[1]}.png"
+                shutil.copyfile(png, dst)
+                rel = dst.resolve().relative_to(report.parent.resolve()).as_posix()
+                cells.append(f"![{dst.stem}]({rel})")
+            rows.append(
+                f"| {OBJ_LABEL[u.objective]} ({SIGMA_LABEL[var_type]}) | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if not rows:
+        return ""
+    return "\n".join(["| arm | smallest K | full chain |", "|---|---|---|", *rows])
+
+
+def _invocations(out: Path) -> tuple[float, str]:
+    """Total wall-clock of the logged invocations that computed units, and a summary."""
+    path = out / "invocations.jsonl"
+    logs = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    work = [e for e in logs if e["computed"]]
+    total = float(sum(e["wall_s"] for e in work))
+    text = ", ".join(f"{e['wall_s'] / 60:.1f} min for {len(e['computed'])} units" for e in work)
+    return total, text or "none logged"
 
 
 def make_report(
@@ -872,42 +961,24 @@ def make_report(
     summary = summarize(rows)
     claims = verdicts(rows)
     folder = report.with_suffix("")
-    figures = []
-    for sched in ("cosine", "linear"):
-        p = plot_fid_vs_steps(folder / f"fid_vs_steps_{sched}.png", summary, sched)
-        if p is not None:
-            figures.append(
-                (
-                    f"Sample quality vs sampling steps ({sched})",
-                    p,
-                    "Mean over seeds; the rightmost point is the full chain.",
-                )
-            )
-    for sched in ("cosine", "linear"):
-        first = [u for u in plan if u.schedule == sched and u.seed == plan[0].seed]
-        t = min((u.timesteps for u in first), default=0)
-        vlb = [u for u in first if u.objective.startswith("vlb") and u.timesteps == t]
-        allobj = [u for u in first if u.timesteps == t]
-        for tag, units, cap in (
-            ("vlb", vlb, "L_vlb with uniform vs importance-sampled t (the paper's Figure 6)."),
-            ("all", allobj, "Training curves of every objective (losses differ in scale)."),
-        ):
-            p = plot_curves(folder / f"curves_{tag}_{sched}.png", out, units, settings.curve_window)
-            if p is not None:
-                figures.append((f"Training curves, {sched}, {tag}", p, cap))
+    figures = _figures(out, plan, summary, settings, folder)
     rel = [
         (t, Path(p).resolve().relative_to(report.parent.resolve()).as_posix(), c)
         for t, p, c in figures
     ]
     skipped = [n for n, r in results.items() if "variants" not in r]
+    wall, text = _invocations(out)
     meta = {
         **meta,
+        "compute_wall_s": wall,
+        "invocations_text": text,
         "settings": asdict(settings),
         "units_planned": len(plan),
         "units_done": len(plan) - len(skipped),
         "skipped": skipped,
         "train_images": len(load_digits("train").images),
         "curve_note": CURVE_NOTE,
+        "grids_md": _grids(out, plan, folder, report),
         "notes": _notes(claims, summary),
     }
     jpath, cpath = write_results(folder, rows, summary, claims, meta)

@@ -70,6 +70,11 @@ def _ints(text: str) -> tuple[int, ...]:
     show_default=True,
     help="start no unit after this many minutes (0: no limit)",
 )
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="only rewrite the report from the cached units (computes nothing)",
+)
 def ablate(
     out,
     report,
@@ -87,6 +92,7 @@ def ablate(
     threads,
     niceness,
     max_minutes,
+    report_only,
 ) -> None:
     """Train the paper's ablation arms on the digits, evaluate them and write the report."""
     longs = tuple(o for o in long_objectives.split(",") if o)
@@ -105,18 +111,21 @@ def ablate(
         full_chain_max_t=full_chain_max_t,
         nll_batch=min(100, nll_images),
     )
-    outcome = ab.run_plan(
-        plan,
-        settings,
-        out,
-        jobs,
-        threads,
-        niceness,
-        max_minutes or None,
-        log=lambda m: click.echo(m, err=True),
-    )
+    if report_only:
+        outcome = ab.Outcome()
+    else:
+        outcome = ab.run_plan(
+            plan,
+            settings,
+            out,
+            jobs,
+            threads,
+            niceness,
+            max_minutes or None,
+            log=lambda m: click.echo(m, err=True),
+        )
     meta = {
-        "command": "iddpm " + shlex.join(sys.argv[1:])
+        "command": "iddpm " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")
         if sys.argv[1:2] == ["ablate"]
         else "iddpm ablate",
         "wall_s": outcome.wall_s,
