@@ -32,6 +32,30 @@ from iddpm.diffusion.likelihood_mc import estimate_bits_per_dim
 from iddpm.presets import get_preset
 
 
+def mc_cost(model_fn, diffusion, x0, method: str, args) -> dict:
+    """Time and Monte-Carlo spread of K-step estimates, and the K a target stderr needs."""
+    start = time.perf_counter()
+    draws = torch.stack([
+        estimate_bits_per_dim(model_fn, diffusion, x0, num_samples_per_image=args.mc_timesteps,
+                              method=method, timestep_batch=args.timestep_batch,
+                              generator=torch.Generator().manual_seed(1 + r)).total_bpd
+        for r in range(args.mc_repeats)
+    ])  # fmt: skip
+    seconds = (time.perf_counter() - start) / args.mc_repeats
+    # Monte-Carlo variance of a K-term estimate per image, around its own mean (pooled);
+    # variance × K is about constant in K, and the mean over n images has variance var_K / n.
+    var_k = float(draws.var(dim=0, unbiased=True).mean())
+    k_needed = math.ceil(max(1.0, var_k * args.mc_timesteps / (args.dataset_size * args.target**2)))
+    return {
+        "timesteps_per_image": args.mc_timesteps,
+        "seconds": round(seconds, 3),
+        "bpd_mean": round(float(draws.mean()), 4),
+        "mc_sd_per_image": round(math.sqrt(var_k), 4),
+        "timesteps_needed_per_image": k_needed,
+        "cost_ratio_vs_exact": round(k_needed / diffusion.num_timesteps, 4),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="run dir or .pt (default: untrained)")
@@ -60,21 +84,7 @@ def main() -> None:
                          generator=torch.Generator().manual_seed(0))  # fmt: skip
     exact_s = time.perf_counter() - start
 
-    start = time.perf_counter()
-    draws = torch.stack([
-        estimate_bits_per_dim(model_fn, diffusion, x0, num_samples_per_image=args.mc_timesteps,
-                              timestep_batch=args.timestep_batch,
-                              generator=torch.Generator().manual_seed(1 + r)).total_bpd
-        for r in range(args.mc_repeats)
-    ])  # fmt: skip
-    mc_s = (time.perf_counter() - start) / args.mc_repeats
-
-    # Monte-Carlo variance of a K-term estimate per image, around its own mean (pooled).
-    var_k = float(draws.var(dim=0, unbiased=True).mean())
-    evals_per_unit_var = var_k * args.mc_timesteps  # variance × K is ~constant in K
-    # mean over n images: Var = var_K / n  ->  K_needed = evals_per_unit_var / (n · target²)
     n = args.dataset_size
-    k_needed = max(1.0, evals_per_unit_var / (n * args.target**2))
     result = {
         **result_header("nll", "cpu"),
         "num_timesteps": T,
@@ -84,18 +94,11 @@ def main() -> None:
             "image_steps_per_s": round(args.images * T / exact_s, 1),
             "bpd_mean": round(float(exact.total_bpd.mean()), 4),
         },
-        "mc": {
-            "timesteps_per_image": args.mc_timesteps,
-            "seconds": round(mc_s, 3),
-            "image_steps_per_s": round(args.images * args.mc_timesteps / mc_s, 1),
-            "bpd_mean": round(float(draws.mean()), 4),
-            "mc_sd_per_image": round(math.sqrt(var_k), 4),
-        },
         "target_stderr_bpd": args.target,
         "dataset_size": n,
-        "mc_timesteps_needed_per_image": math.ceil(k_needed),
-        "mc_cost_ratio": round(math.ceil(k_needed) / T, 4),
     }
+    for method in ("stratified", "log-stratified"):
+        result[method] = mc_cost(model_fn, diffusion, x0, method, args)
     print(json.dumps(result))
 
 

@@ -18,6 +18,7 @@ VAR_TYPES = ("learned-range", "learned", "fixed-small", "fixed-large")
 LOSSES = ("hybrid", "simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
 PRECISIONS = ("fp32", "bf16", "fp16")
+MC_METHODS = ("log-stratified", "stratified", "importance")
 
 T = TypeVar("T")
 
@@ -255,7 +256,8 @@ class SampleConfig(_Serializable):
 @dataclass(frozen=True)
 class EvalConfig(_Serializable):
     """Bits/dim evaluation. `timestep_batch`: timesteps evaluated per network call for each
-    image; `mc_timesteps` > 0 switches to the unbiased Monte-Carlo estimate of the bound."""
+    image; `mc_timesteps` > 0 switches to the unbiased Monte-Carlo estimate of the bound,
+    drawn with `mc_method` (see diffusion/likelihood_mc.py)."""
 
     data: str = "digits"
     split: str = "test"
@@ -264,11 +266,13 @@ class EvalConfig(_Serializable):
     batch_size: int = 64
     timestep_batch: int = 16
     mc_timesteps: int = 0
+    mc_method: str = "log-stratified"
     use_ema: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         _choice("split", self.split, ("train", "test"))
+        _choice("Monte-Carlo method", self.mc_method, MC_METHODS)
         _positive("num_images", self.num_images, allow_zero=True)
         _positive("batch_size", self.batch_size)
         _positive("timestep_batch", self.timestep_batch)

@@ -31,7 +31,7 @@ def _learned_var_diffusion(T: int) -> GaussianDiffusion:
     [
         (
             {"method": "sobol"},
-            r"unknown Monte-Carlo method 'sobol'; choose one of: stratified, importance",
+            r"unknown Monte-Carlo method 'sobol'; choose one of: stratified, log-stratified, imp",
         ),
         (
             {"num_samples_per_image": 0},
@@ -71,3 +71,15 @@ def test_estimate_bits_per_dim_strata_cover_every_step_once() -> None:
     assert r.weights[0].sum() == 23
     torch.testing.assert_close(r.total_bpd, r.prior_bpd + (r.weights * r.terms_bpd).sum(1))
     assert r.stderr.shape == (50,) and torch.isfinite(r.stderr).all()
+
+
+def test_log_strata_start_with_single_steps_and_cover_every_step_once() -> None:
+    from iddpm.diffusion.likelihood_mc import _log_strata
+
+    starts, sizes = _log_strata(1000, 16)
+    assert sizes.tolist() == [1, 1, 1, 2, 3, 5, 7, 11, 17, 26, 41, 62, 96, 148, 228, 351]
+    assert starts[0] == 0 and int(sizes.sum()) == 1000
+    torch.testing.assert_close(starts[1:], (starts + sizes)[:-1])
+    for T, k in [(24, 5), (10, 10), (4000, 64), (7, 3)]:
+        starts, sizes = _log_strata(T, k)
+        assert len(sizes) == k and bool((sizes >= 1).all()) and int(sizes.sum()) == T

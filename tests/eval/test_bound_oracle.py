@@ -194,6 +194,7 @@ def test_monte_carlo_bound_on_discrete_oracle_at_T4000_lands_on_one_bit() -> Non
     [
         ("stratified", 4, None),
         ("stratified", 5, None),  # 24 steps in strata of sizes 4, 5, 5, 5, 5
+        ("log-stratified", 5, None),  # strata of sizes 1, 2, 3, 6, 12
         ("importance", 3, None),
         ("importance", 6, "ramp"),
     ],

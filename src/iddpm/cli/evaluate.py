@@ -11,7 +11,7 @@ import numpy as np
 from iddpm import distributed
 from iddpm.build import load_model
 from iddpm.cli._common import device_option, emit, pick_device, progress
-from iddpm.config import EvalConfig
+from iddpm.config import MC_METHODS, EvalConfig
 from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
 from iddpm.diffusion.respace import parse_steps
@@ -40,7 +40,14 @@ def run_dir_of(checkpoint: Path) -> Path:
     "mc_timesteps",
     default=0,
     show_default=True,
-    help="unbiased Monte-Carlo estimate from K stratified timesteps per image (0: exact)",
+    help="unbiased Monte-Carlo estimate from K timesteps per image (0: exact)",
+)
+@click.option(
+    "--mc-method",
+    type=click.Choice(MC_METHODS),
+    default="log-stratified",
+    show_default=True,
+    help="how --mc draws its timesteps (log-stratified: exact first steps, geometric strata)",
 )
 @click.option("--seed", default=0, show_default=True, help="seed of the forward-process noise")
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
@@ -55,6 +62,7 @@ def nll(
     batch_size: int,
     timestep_batch: int,
     mc_timesteps: int,
+    mc_method: str,
     seed: int,
     ema: bool,
     out_dir: Path | None,
@@ -73,6 +81,7 @@ def nll(
         batch_size=batch_size,
         timestep_batch=timestep_batch,
         mc_timesteps=mc_timesteps,
+        mc_method=mc_method,
         use_ema=ema,
         seed=seed,
     )

@@ -93,6 +93,7 @@ def evaluate_nll(
                     diffusion,
                     x0,
                     num_samples_per_image=cfg.mc_timesteps,
+                    method=cfg.mc_method,
                     model_kwargs=kwargs,
                     generator=gen,
                     timestep_batch=cfg.timestep_batch,
