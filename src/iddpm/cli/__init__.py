@@ -10,16 +10,10 @@ Several nodes:         torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
 
 from __future__ import annotations
 
-import os
-
-# Before torch loads: OpenMP threads that spin-wait at barriers collapse when another
-# process shares the cores (a digits training step measured 0.3 steps/s with the default
-# and 3.0 with PASSIVE beside one other busy process). An explicit setting is respected.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import click
 
 from iddpm import __version__
+from iddpm.cli import _threads  # noqa: F401  (must run before torch loads)
 from iddpm.cli._common import Group
 
 
