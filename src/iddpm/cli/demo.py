@@ -187,7 +187,7 @@ def _grid_text(s: dict[str, Any]) -> str:
     default=None,
     help="where everything goes (default: runs/demo, or runs/demo-2, … if taken)",
 )
-@click.option("--minutes", default=5.0, show_default=True, help="training time budget")
+@click.option("--minutes", default=4.0, show_default=True, help="training time budget")
 @click.option("--max-steps", default=100_000, show_default=True, help="training step cap")
 @click.option("--num-samples", default=256, show_default=True, help="samples per sampler")
 @click.option("--sample-steps", default="50", show_default=True, help="strided step spec")
