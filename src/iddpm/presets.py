@@ -36,6 +36,7 @@ def _digits() -> ExperimentConfig:
             ema_warmup=True,  # minutes-long runs: keep the initial weights out of the average
             steps=6000,
             log_every=50,
+            sample_every=1000,  # a grid of 50-step samples in RUN_DIR/samples
             checkpoint_every=1000,
         ),
     )
@@ -54,6 +55,7 @@ def _cifar10() -> ExperimentConfig:
             lr=1e-4,
             ema_rates=(0.9999,),
             steps=500_000,
+            sample_every=10_000,
             checkpoint_every=10_000,
         ),
     )
@@ -72,6 +74,7 @@ def _imagenet64() -> ExperimentConfig:
             lr=1e-4,
             ema_rates=(0.9999,),
             steps=1_500_000,
+            sample_every=10_000,
             checkpoint_every=10_000,
         ),
     )
