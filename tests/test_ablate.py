@@ -104,6 +104,9 @@ def test_compare_pairs_images_and_pools_seed_spread() -> None:
         _row(B, 0, base + 1.0 + noise, fid_10=9.0),
         _row(B, 1, base + 1.2 + noise, fid_10=10.0),
     ]
+    # a noisier objective's spread must not leak into the L_hybrid comparison
+    C = ("cosine", 10, "vlb-uniform", "learned-range")
+    rows += [_row(C, 0, base + 5.0, fid_10=50.0), _row(C, 1, base + 9.0, fid_10=90.0)]
     c = ab.compare(rows, B, A, "bpd")
     # seed sd of bpd is 0.2/sqrt(2) in both arms; paired per-image s.e.: std(noise)/2
     s = 0.2 / math.sqrt(2)
