@@ -706,7 +706,9 @@ def plot_fid_vs_steps(path: Path, summary: dict[ArmKey, dict[str, Any]], schedul
         for a, s in arms.items()
     }
     title = f"digits-FID vs sampling steps, {schedule} schedule (largest K = full chain)"
-    return plot_metric_vs_steps(path, ks, values, "digits-FID (lower is better)", title)
+    return plot_metric_vs_steps(
+        path, ks, values, "digits-FID (lower is better, log scale)", title, log_y=True
+    )
 
 
 def write_results(
@@ -871,6 +873,14 @@ def render_report(
         lines += ["## Samples (first seed, cosine)", "", meta["grids_md"], ""]
     lines += ["## Where this disagrees with the paper, and caveats", ""]
     lines += [f"- {c}" for c in meta["notes"]]
+    if meta.get("observations"):
+        lines += ["", "## Reading of the committed run (hand-written)", ""]
+        lines += [
+            f"Kept in `{meta['observations_path']}` and included verbatim; it describes the "
+            "numbers above as committed, so check it against the tables after a rerun.",
+            "",
+            meta["observations"].strip(),
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1017,6 +1027,7 @@ def make_report(
     ]
     skipped = [n for n, r in results.items() if "variants" not in r]
     wall, text = _invocations(out)
+    obs = folder / "observations.md"  # optional hand-written reading, included verbatim
     meta = {
         **meta,
         "compute_wall_s": wall,
@@ -1028,6 +1039,8 @@ def make_report(
         "train_images": len(load_digits("train").images),
         "curve_note": CURVE_NOTE,
         "grids_md": _grids(out, plan, folder, report),
+        "observations": obs.read_text() if obs.is_file() else "",
+        "observations_path": obs.relative_to(report.parent).as_posix(),
         "notes": _notes(claims, summary, settings.train_steps),
     }
     jpath, cpath = write_results(folder, rows, summary, claims, meta)
