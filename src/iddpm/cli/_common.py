@@ -94,3 +94,10 @@ def progress(total: int, desc: str, unit: str) -> Iterator[tqdm]:
 device_option = click.option(
     "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto"
 )
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint file belongs to (RUN/checkpoints/step_*.pt -> RUN)."""
+    return (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )

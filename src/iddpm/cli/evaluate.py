@@ -10,7 +10,7 @@ import numpy as np
 
 from iddpm import distributed
 from iddpm.build import load_model
-from iddpm.cli._common import device_option, emit, pick_device, progress
+from iddpm.cli._common import device_option, emit, pick_device, progress, run_dir_of
 from iddpm.config import MC_METHODS, EvalConfig
 from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
@@ -19,12 +19,6 @@ from iddpm.eval.features import classifier_confidence, get_extractor
 from iddpm.eval.fid import FeatureStats, compute_stats, fid_from_stats
 from iddpm.eval.nll import evaluate_nll, write_terms_csv
 from iddpm.plots import plot_bound_terms
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    return (
-        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    )
 
 
 @click.command()

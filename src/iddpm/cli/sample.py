@@ -9,7 +9,7 @@ import click
 
 from iddpm import distributed
 from iddpm.build import load_model
-from iddpm.cli._common import device_option, emit, pick_device, progress
+from iddpm.cli._common import device_option, emit, pick_device, progress, run_dir_of
 from iddpm.config import SampleConfig
 from iddpm.diffusion.respace import parse_steps
 from iddpm.generate import sample_images, save_npz
@@ -18,8 +18,7 @@ from iddpm.plots import save_image_grid
 
 def default_output(checkpoint: Path, tag: str) -> Path:
     """RUN_DIR/samples/<tag>.npz next to the run the checkpoint belongs to."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run / "samples" / f"{tag}.npz"
+    return run_dir_of(checkpoint) / "samples" / f"{tag}.npz"
 
 
 def step_tag(steps: str, ddim: bool, eta: float, num_timesteps: int) -> str:

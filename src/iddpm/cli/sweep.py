@@ -10,8 +10,8 @@ import click
 
 from iddpm import distributed
 from iddpm.build import load_model
-from iddpm.cli._common import device_option, emit, pick_device, progress
-from iddpm.cli.evaluate import reference_stats, run_dir_of
+from iddpm.cli._common import device_option, emit, pick_device, progress, run_dir_of
+from iddpm.cli.evaluate import reference_stats
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.data.spec import load_dataset
 from iddpm.diffusion.respace import parse_steps
