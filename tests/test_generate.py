@@ -9,7 +9,8 @@ import torch
 from conftest import save_random_run, tiny_experiment
 from iddpm.build import load_model
 from iddpm.config import SampleConfig
-from iddpm.generate import Samples, class_labels, rank_indices, sample_images, save_npz
+from iddpm.distributed import rank_block
+from iddpm.generate import Samples, class_labels, sample_images, save_npz
 
 
 @pytest.mark.parametrize("ddim", [False, True])
@@ -37,7 +38,7 @@ def test_sample_i_does_not_depend_on_how_many_are_drawn(random_run) -> None:
 def test_rank_blocks_partition_the_indices() -> None:
     for num in (1, 7, 64):
         for world in (1, 2, 3, 8):
-            blocks = [list(rank_indices(num, r, world)) for r in range(world)]
+            blocks = [list(rank_block(num, r, world)) for r in range(world)]
             assert [i for b in blocks for i in b] == list(range(num))
 
 

@@ -156,3 +156,10 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(
             f"environment variable {name}={raw!r} is not an integer; launch with torchrun"
         ) from None
+
+
+def rank_block(num: int, rank: int, world_size: int) -> range:
+    """The contiguous block of `range(num)` that `rank` of `world_size` handles; the blocks
+    of all ranks, in rank order, are range(num) again (so gathered results stay in order)."""
+    per = -(-num // world_size)
+    return range(min(num, rank * per), min(num, (rank + 1) * per))

@@ -29,12 +29,6 @@ class Samples:
     labels: np.ndarray | None
 
 
-def rank_indices(num: int, rank: int, world_size: int) -> range:
-    """The contiguous block of global sample indices that `rank` draws."""
-    per = -(-num // world_size)
-    return range(min(num, rank * per), min(num, (rank + 1) * per))
-
-
 def class_labels(
     indices: range, num_classes: int | None, class_label: int | None
 ) -> np.ndarray | None:
@@ -64,7 +58,7 @@ def sample_images(
     DDIM(η). `progress(n)` is called after each finished batch."""
     mcfg, dcfg = config.model, config.diffusion
     diffusion, model_fn = spaced(model, dcfg, cfg.steps)
-    mine = rank_indices(cfg.num, distributed.rank(), distributed.world_size())
+    mine = distributed.rank_block(cfg.num, distributed.rank(), distributed.world_size())
     labels = class_labels(mine, mcfg.num_classes, cfg.class_label)
     shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
     out: list[np.ndarray] = []

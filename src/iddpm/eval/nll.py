@@ -22,7 +22,6 @@ from iddpm.build import LoadedModel, spaced
 from iddpm.config import EvalConfig
 from iddpm.diffusion.likelihood import bits_per_dim
 from iddpm.diffusion.likelihood_mc import estimate_bits_per_dim
-from iddpm.diffusion.respace import parse_steps
 
 
 @dataclass
@@ -60,11 +59,6 @@ class NllResult:
         }
 
 
-def _block(n: int, rank: int, world: int) -> range:
-    per = -(-n // world)
-    return range(min(n, rank * per), min(n, (rank + 1) * per))
-
-
 def evaluate_nll(
     loaded: LoadedModel,
     images: np.ndarray,
@@ -77,7 +71,7 @@ def evaluate_nll(
     diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, cfg.steps)
     if loaded.config.model.num_classes is not None and labels is None:
         raise ValueError("the model is class-conditional but the data has no labels")
-    mine = _block(len(images), distributed.rank(), distributed.world_size())
+    mine = distributed.rank_block(len(images), distributed.rank(), distributed.world_size())
     totals, priors, terms = [], [], []
     for lo in range(mine.start, mine.stop, cfg.batch_size):
         hi = min(lo + cfg.batch_size, mine.stop)
@@ -112,25 +106,25 @@ def evaluate_nll(
         priors.append(res.prior_bpd.double().cpu())
         if progress is not None:
             progress(hi - lo)
-    return _reduce(totals, priors, terms, diffusion.num_timesteps, cfg, loaded, images.shape[0])
+    steps = model_fn.original_steps(torch.arange(diffusion.num_timesteps)).numpy()
+    return _reduce(totals, priors, terms, steps, cfg, images.shape[0])
 
 
-def _reduce(totals, priors, terms, K, cfg, loaded, n_images) -> NllResult:
+def _reduce(totals, priors, terms, steps, cfg, n_images) -> NllResult:
     total = torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
     prior = torch.cat(priors) if priors else torch.zeros(0, dtype=torch.float64)
-    term_sum = torch.stack(terms).sum(0) if terms else torch.zeros(K, dtype=torch.float64)
+    term_sum = torch.stack(terms).sum(0) if terms else torch.zeros(len(steps), dtype=torch.float64)
     if distributed.world_size() > 1:
         dev = distributed.device()  # nccl reduces GPU tensors only
         total = distributed.all_gather_1d(total.to(dev)).cpu()
         prior = distributed.all_gather_1d(prior.to(dev)).cpu()
         term_sum = distributed.all_reduce_sum(term_sum.to(dev)).cpu()
-    kept = np.asarray(parse_steps(cfg.steps or "", loaded.config.diffusion.num_timesteps))
     exact = cfg.mc_timesteps == 0
     return NllResult(
         total_bpd=total.numpy(),
         prior_bpd=prior.numpy(),
         terms_bpd=(term_sum / max(n_images, 1)).numpy() if exact else None,
-        timesteps=kept,
+        timesteps=steps,
         exact=exact,
     )
 
