@@ -33,6 +33,12 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion.timestep_sampler": {"_tensor"},
     "diffusion.respace": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
     "diffusion.samplers": {"_tensor", "diffusion.gaussian", "diffusion.respace"},
+    "diffusion.registry": {
+        "_tensor",
+        "diffusion.gaussian",
+        "diffusion.respace",
+        "diffusion.samplers",
+    },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},
     "model.convert": {"model.layers", "model.unet", "config"},
@@ -61,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "_tensor",
     },
     "generate": {
+        "diffusion.registry",
         "diffusion.samplers",
         "diffusion.respace",
         "build",

@@ -88,3 +88,11 @@ def test_bad_values_give_one_line_errors(build, message: str) -> None:
     with pytest.raises(ValueError, match=message) as err:
         build()
     assert "\n" not in str(err.value)
+
+
+def test_sample_configs_written_before_the_registry_still_load() -> None:
+    old = SampleConfig.from_dict({"num": 4, "steps": "10", "ddim": True, "eta": 0.3})
+    assert (old.sampler, old.sampler_options) == ("ddim", {"eta": 0.3})
+    plain = SampleConfig.from_dict({"num": 4, "ddim": False, "eta": 0.0})
+    assert (plain.sampler, plain.sampler_options) == ("ancestral", {})
+    assert SampleConfig.from_dict(old.to_dict()) == old

@@ -19,7 +19,8 @@ def test_same_seed_same_samples_for_any_batch_size(random_run, ddim: bool) -> No
     loaded = load_model(run)
     outs = []
     for batch in (1, 4, 16):
-        cfg = SampleConfig(num=6, steps="5", batch_size=batch, seed=3, ddim=ddim, eta=0.5)
+        opts = {"sampler": "ddim", "sampler_options": {"eta": 0.5}} if ddim else {}
+        cfg = SampleConfig(num=6, steps="5", batch_size=batch, seed=3, **opts)
         outs.append(sample_images(loaded.model, loaded.config, cfg).images)
     assert outs[0].dtype == np.uint8 and outs[0].shape == (6, 8, 8, 1)
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

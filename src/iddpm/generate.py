@@ -18,7 +18,7 @@ from iddpm import distributed
 from iddpm._tensor import to_uint8
 from iddpm.build import spaced
 from iddpm.config import ExperimentConfig, SampleConfig
-from iddpm.diffusion import samplers
+from iddpm.diffusion import registry, samplers
 
 
 @dataclass
@@ -54,9 +54,11 @@ def sample_images(
     progress: Callable[[int], None] | None = None,
 ) -> Samples:
     """Draw `cfg.num` samples from `model` trained with `config` (each rank draws its
-    block; all ranks return the gathered set) with the step spec `cfg.steps`, ancestral or
-    DDIM(η). `progress(n)` is called after each finished batch."""
+    block; all ranks return the gathered set) with the step spec `cfg.steps` and the
+    sampler `cfg.sampler` of the registry with `cfg.sampler_options`. `progress(n)` is called
+    after each finished batch."""
     mcfg, dcfg = config.model, config.diffusion
+    options = registry.make_options(cfg.sampler, cfg.sampler_options)  # fails before any work
     diffusion, model_fn = spaced(model, dcfg, cfg.steps)
     mine = distributed.rank_block(cfg.num, distributed.rank(), distributed.world_size())
     labels = class_labels(mine, mcfg.num_classes, cfg.class_label)
@@ -76,10 +78,7 @@ def sample_images(
             device=device,
         )
         with torch.no_grad():
-            if cfg.ddim:
-                x = samplers.ddim(model_fn, diffusion, eta=cfg.eta, **common)
-            else:
-                x = samplers.ancestral(model_fn, diffusion, **common)
+            x = registry.sample(cfg.sampler, model_fn, diffusion, options=options, **common)
         out.append(to_uint8(x))
         if progress is not None:
             progress(len(idx))

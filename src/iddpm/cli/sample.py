@@ -70,8 +70,8 @@ def sample(
     cfg = SampleConfig(
         num=num,
         steps=steps,
-        ddim=ddim,
-        eta=eta,
+        sampler="ddim" if ddim else "ancestral",
+        sampler_options={"eta": eta} if ddim else {},
         clip_denoised=clip,
         use_ema=ema,
         batch_size=batch_size,

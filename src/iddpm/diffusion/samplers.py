@@ -232,7 +232,10 @@ def ddim_reverse_steps(
 
 
 # ---------------------------------------------------------------------- wrappers
-def _last(steps: Iterator[SamplerStep], callback: Callable[[SamplerStep], Any] | None):
+def run_to_end(
+    steps: Iterator[SamplerStep], callback: Callable[[SamplerStep], Any] | None = None
+) -> torch.Tensor:
+    """Exhaust a sampler loop and return its last x; `callback(step)` sees every step."""
     last = None
     for step in steps:
         if callback is not None:
@@ -251,7 +254,7 @@ def ancestral(
 ) -> torch.Tensor:
     """Run `ancestral_steps` to the end and return x [N, C, H, W]; `callback(step)` sees
     every step."""
-    return _last(ancestral_steps(model_fn, diffusion, **kwargs), callback)
+    return run_to_end(ancestral_steps(model_fn, diffusion, **kwargs), callback)
 
 
 def ddim(
@@ -263,7 +266,7 @@ def ddim(
 ) -> torch.Tensor:
     """Run `ddim_steps` to the end and return x [N, C, H, W]; `callback(step)` sees every
     step."""
-    return _last(ddim_steps(model_fn, diffusion, **kwargs), callback)
+    return run_to_end(ddim_steps(model_fn, diffusion, **kwargs), callback)
 
 
 def ddim_reverse(
@@ -275,7 +278,7 @@ def ddim_reverse(
     **kwargs: Any,
 ) -> torch.Tensor:
     """Run `ddim_reverse_steps` and return the latent at index T−1 [N, C, H, W]."""
-    return _last(ddim_reverse_steps(model_fn, diffusion, x0, **kwargs), callback)
+    return run_to_end(ddim_reverse_steps(model_fn, diffusion, x0, **kwargs), callback)
 
 
 __all__ = [
@@ -287,4 +290,5 @@ __all__ = [
     "ddim_reverse_steps",
     "ddim_steps",
     "per_sample_generators",
+    "run_to_end",
 ]
