@@ -5,7 +5,7 @@ registered: output shape and dtype, sample i depends only on (seed, i) (batch si
 and 16 give the same samples), determinism, and on the Gaussian oracle (x0 ~ N(mu, s²I),
 exact ε) the data's mean and variance within a tolerance derived from the sample size.
 Options a sampler needs from data (`metadata={"cli": False}`) come from its entry's
-`oracle_options` hook, computed on the same oracle.
+`from_data` function, run on images of the oracle's data.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ def process(steps: str, var_type: VarType = VarType.LEARNED_RANGE) -> GaussianDi
 def options_for(name: str, d: GaussianDiffusion, model_fn) -> object:
     """Default options, plus what the entry computes from data (on the oracle's data)."""
     entry = registry.get(name)
-    hook = getattr(entry, "oracle_options", None)
-    if hook is None:
+    if entry.from_data is None:
         return registry.make_options(name)
     x0 = MU + S * torch.randn(1024, 1, 2, 2, generator=torch.Generator().manual_seed(7))
-    return hook(model_fn, d, x0)
+    return entry.from_data(model_fn, d, x0)
 
 
 def run(

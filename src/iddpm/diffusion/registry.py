@@ -9,7 +9,10 @@ sampler signature of `samplers.py`:
 and its options are a frozen dataclass whose fields are the keyword options (validated in
 `__post_init__` with one-line errors). A field with `metadata={"cli": False}` is supplied by
 the caller's workflow (e.g. statistics estimated from data), not by a command-line flag;
-`metadata={"help": ...}` documents the rest. `tests/diffusion/test_registry.py` runs one
+`metadata={"help": ...}` documents the rest. Such an entry also registers `from_data`, a
+function (model_fn, diffusion, x0 [M, C, H, W]) -> options that estimates them from
+training images; workflows call it (and cache its result), and so does the contract test,
+on the Gaussian oracle. `tests/diffusion/test_registry.py` runs one
 contract over every registered entry, so a new sampler is checked the moment it is
 registered here.
 """
@@ -52,12 +55,14 @@ class DDIMOptions:
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """One registered sampler: its loop, its options type and a one-line summary."""
+    """One registered sampler: its loop, its options type, a one-line summary and, for
+    options estimated from data, the function that estimates them (see module docstring)."""
 
     name: str
     steps: StepsFn
     options: type
     summary: str
+    from_data: Callable[..., Any] | None = None
 
     def option_fields(self, cli_only: bool = False) -> tuple[dataclasses.Field, ...]:
         fields = dataclasses.fields(self.options)
@@ -67,13 +72,19 @@ class SamplerEntry:
 _REGISTRY: dict[str, SamplerEntry] = {}
 
 
-def register(name: str, steps: StepsFn, options: type = NoOptions, summary: str = "") -> None:
+def register(
+    name: str,
+    steps: StepsFn,
+    options: type = NoOptions,
+    summary: str = "",
+    from_data: Callable[..., Any] | None = None,
+) -> None:
     """Add a sampler under `name` (lower-case, no spaces); a name is registered once."""
     if name in _REGISTRY:
         raise ValueError(f"a sampler named {name!r} is already registered")
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"options of sampler {name!r} must be a dataclass type")
-    _REGISTRY[name] = SamplerEntry(name, steps, options, summary)
+    _REGISTRY[name] = SamplerEntry(name, steps, options, summary, from_data)
 
 
 def names() -> tuple[str, ...]:
