@@ -54,7 +54,16 @@ def test_sample_writes_npz_grid_and_json(random_run, tmp_path) -> None:
 def test_sample_ddim(random_run, tmp_path) -> None:
     run, _ = random_run
     res = run_cli(
-        "sample", run, "--num", 2, "--steps", "ddim5", "--ddim", "--out", tmp_path / "d.npz"
+        "sample",
+        run,
+        "--num",
+        2,
+        "--steps",
+        "ddim5",
+        "--sampler",
+        "ddim",
+        "--out",
+        tmp_path / "d.npz",
     )
     assert last_json(res)["sampler"] == "ddim"
 
@@ -196,7 +205,7 @@ def test_bad_training_input_leaves_checkpoints_intact(tmp_path) -> None:
     res = run_cli("train", "--run-dir", run, "--resume", "--diffusion-steps", 500, ok=False)
     assert_one_line_error(res, "different config (diffusion.num_timesteps: 1000 != 500")
     res = run_cli("train", "--run-dir", run, "--steps", 4, ok=False)
-    assert_one_line_error(res, "already holds checkpoints; pass --resume")
+    assert_one_line_error(res, "already holds a run; pass --resume")
     res = run_cli("train", "--run-dir", tmp_path / "new", "--batch-size", 30, "--microbatch", 4,
                   ok=False)  # fmt: skip
     assert_one_line_error(res, "--batch-size 30 is not divisible by --microbatch 4")
@@ -218,12 +227,12 @@ def test_sweep_over_sampling_steps(random_run, tmp_path) -> None:
     run, _ = random_run
     res = run_cli("sweep", run, "--steps", "5", "--steps", "full", "--num", 8,
                   "--nll-images", 2, "--out-dir", tmp_path)  # fmt: skip
-    summary = last_json(res)
-    assert summary["steps"] == [5, 20] and len(summary["fid"]) == 2 and len(summary["bpd"]) == 2
-    assert all(f > 0 for f in summary["fid"])
+    rows = last_json(res)["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ancestral", 5), ("ancestral", 20)]
+    assert all(r["fid"] > 0 and r["bpd"] > 0 for r in rows)
     assert (tmp_path / "fid_vs_steps.png").stat().st_size > 0
     assert (tmp_path / "bpd_vs_steps.png").stat().st_size > 0
-    assert (tmp_path / "sweep.csv").read_text().startswith("steps,spec,fid,bpd")
+    assert (tmp_path / "sweep.csv").read_text().startswith("sampler,steps,spec,")
 
 
 def test_inception_features_missing_say_what_to_install(tmp_path) -> None:
@@ -234,3 +243,25 @@ def test_inception_features_missing_say_what_to_install(tmp_path) -> None:
     np.savez(tmp_path / "s.npz", arr_0=load_digits("test").images[:4])
     res = run_cli("fid", tmp_path / "s.npz", "--ref", "digits", "--features", "inception", ok=False)
     assert_one_line_error(res, "iddpm[fid]")
+
+
+def test_sweep_compares_samplers_and_routes_their_options(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli("sweep", run, "--samplers", "ancestral,ddim", "--eta", 0.5, "--nfe", "4,8",
+                  "--num", 4, "--out-dir", tmp_path)  # fmt: skip
+    rows = last_json(res)["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [
+        ("ancestral", 4), ("ancestral", 8), ("ddim", 4), ("ddim", 8)
+    ]  # fmt: skip
+    assert "bpd" not in rows[0]  # the bound is computed only when asked (--nll-images)
+    res = run_cli("sweep", run, "--samplers", "ancestral", "--eta", 0.5, ok=False)
+    assert_one_line_error(res, "--eta applies to none of the samplers ancestral")
+
+
+def test_sampler_options_are_checked_against_the_sampler(random_run, tmp_path) -> None:
+    run, _ = random_run
+    res = run_cli("sample", run, "--num", 2, "--eta", 0.5, "--out", tmp_path / "x.npz", ok=False)
+    assert_one_line_error(res, "--eta does not apply to sampler 'ancestral'")
+    res = run_cli("sample", run, "--sampler", "euler", "--out", tmp_path / "x.npz", ok=False)
+    assert_one_line_error(res, "unknown sampler 'euler'; choose one of: ancestral, ddim")
+    assert not (tmp_path / "x.npz").exists()

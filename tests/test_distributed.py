@@ -156,7 +156,6 @@ def _train(steps: int, microbatch: int) -> dict[str, Any]:
         LossSecondMomentSampler(T_DIST, history=2),
         cfg,
         device="cpu",
-        progress=False,
     )
     trainer.run(steps)
     state = trainer.state_dict()

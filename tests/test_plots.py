@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iddpm import plots
+from iddpm.workflows import plots
 
 
 def _png(path: Path) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_plot_training_curves_errors_name_the_problem(tmp_path: Path) -> None:
         plots.plot_training_curves(tmp_path / "c.png", tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "loss": 0.5}\n{oops\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2 is not JSON"):
         plots.plot_training_curves(tmp_path / "c.png", bad)
     empty = _write_metrics(tmp_path / "other.jsonl", [{"step": 1, "lr": 0.1}])
     with pytest.raises(ValueError, match="has no numeric loss"):

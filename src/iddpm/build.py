@@ -64,6 +64,13 @@ def load_model(
     ckpt_path = resolve_checkpoint(path)
     cfg, state = load_for_inference(ckpt_path, use_ema=use_ema)
     model = build_unet(cfg.model)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # torch lists every mismatch; the first one names the problem
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(
+            f"checkpoint {ckpt_path} holds weights that do not fit its own config ({detail}); "
+            "it is damaged or was edited: use another checkpoint of the run"
+        ) from None
     model.to(device).eval()
     return LoadedModel(cfg, model, Path(ckpt_path))

@@ -21,17 +21,17 @@ previous checkpoint and a `latest` that names a complete file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from iddpm._io import atomic_write, remove_stale_temporaries
 from iddpm.config import ExperimentConfig
 
 FORMAT_VERSION = 1
@@ -42,7 +42,6 @@ SAMPLES_DIR = "samples"
 PLOTS_DIR = "plots"
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class RunDir:
             d.mkdir(parents=True, exist_ok=True)
         if cfg is not None:
             text = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
-            _atomic_write(self.config_path, lambda f: f.write(text.encode()))
+            atomic_write(self.config_path, lambda f: f.write(text.encode()))
         return self
 
 
@@ -107,10 +106,10 @@ def save_checkpoint(
     payload = {**state, "format_version": FORMAT_VERSION, "config": cfg.to_dict(), "step": step}
     _check_plain(payload, "checkpoint")
     run.checkpoints.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(run.checkpoints)
+    remove_stale_temporaries(run.checkpoints)
     path = run.checkpoint_path(step)
-    _atomic_write(path, lambda f: torch.save(payload, f))
-    _atomic_write(run.checkpoints / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(run.checkpoints / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
     _apply_retention(run.checkpoints, keep, protect=path.name)
     return path
 
@@ -180,7 +179,11 @@ def load_checkpoint(
 
 
 def checkpoint_config(state: dict[str, Any]) -> ExperimentConfig:
-    return ExperimentConfig.from_dict(state["config"])
+    """The config stored in a loaded checkpoint; a one-line ValueError when it is unusable."""
+    try:
+        return ExperimentConfig.from_dict(state["config"])
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError("the checkpoint's config is missing or malformed") from None
 
 
 def load_for_inference(
@@ -194,6 +197,11 @@ def load_for_inference(
     """
     state = load_checkpoint(path_or_run_dir)
     cfg = checkpoint_config(state)
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(
+            f"checkpoint {resolve_checkpoint(path_or_run_dir)} has no model weights; "
+            "use another checkpoint of the run"
+        )
     weights = dict(state["model"])
     emas = state.get("ema") or {}
     if use_ema and emas:
@@ -201,45 +209,6 @@ def load_for_inference(
         for name, value in emas[slowest].items():
             weights[name] = value.to(weights[name].dtype) if name in weights else value
     return cfg, weights
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """write(f) into a temporary file next to `path`, fsync, os.replace, fsync the dir."""
-    # A plain open() (not mkstemp) so the file gets the usual umask permissions.
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    # Left behind only by a process killed mid-write; only rank 0 ever writes here.
-    for e in folder.iterdir():
-        if e.name.startswith(_TMP_PREFIX):
-            with contextlib.suppress(FileNotFoundError):
-                e.unlink()
 
 
 def _apply_retention(folder: Path, keep: int, protect: str) -> None:

@@ -279,11 +279,12 @@ class SampleConfig(_Serializable):
 
 @dataclass(frozen=True)
 class EvalConfig(_Serializable):
-    """Bits/dim evaluation. `timestep_batch`: timesteps evaluated per network call for each
-    image; `mc_timesteps` > 0 switches to the unbiased Monte-Carlo estimate of the bound,
-    drawn with `mc_method` (see diffusion/likelihood_mc.py)."""
+    """Bits/dim evaluation. `data`: a data SPEC, or "" for the data the model trained on;
+    `timestep_batch`: timesteps evaluated per network call for each image; `mc_timesteps`
+    > 0 switches to the unbiased Monte-Carlo estimate of the bound, drawn with `mc_method`
+    (see diffusion/likelihood_mc.py); `use_ema`: evaluate the slowest EMA's weights."""
 
-    data: str = "digits"
+    data: str = ""
     split: str = "test"
     num_images: int = 0
     steps: str = ""

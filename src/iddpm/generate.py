@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from iddpm import distributed
+from iddpm._io import atomic_write
 from iddpm._tensor import to_uint8
 from iddpm.build import spaced
 from iddpm.config import ExperimentConfig, SampleConfig
@@ -52,13 +54,16 @@ def sample_images(
     cfg: SampleConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    options: Any = None,
 ) -> Samples:
     """Draw `cfg.num` samples from `model` trained with `config` (each rank draws its
     block; all ranks return the gathered set) with the step spec `cfg.steps` and the
-    sampler `cfg.sampler` of the registry with `cfg.sampler_options`. `progress(n)` is called
+    sampler `cfg.sampler` of the registry with `cfg.sampler_options` (or the ready options
+    object `options`, e.g. with statistics estimated from data). `progress(n)` is called
     after each finished batch."""
     mcfg, dcfg = config.model, config.diffusion
-    options = registry.make_options(cfg.sampler, cfg.sampler_options)  # fails before any work
+    if options is None:  # fails before any work
+        options = registry.make_options(cfg.sampler, cfg.sampler_options)
     diffusion, model_fn = spaced(model, dcfg, cfg.steps)
     mine = distributed.rank_block(cfg.num, distributed.rank(), distributed.world_size())
     labels = class_labels(mine, mcfg.num_classes, cfg.class_label)
@@ -107,7 +112,4 @@ def save_npz(path: str | Path, samples: Samples) -> Path:
     arrays = {"arr_0": samples.images}
     if samples.labels is not None:
         arrays["arr_1"] = samples.labels
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -1,4 +1,4 @@
-"""Metrics: running means, quartile buckets by t/T, the jsonl sink and the progress bar."""
+"""Metrics: running means, quartile buckets by t/T and the jsonl sink."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iddpm.train.metrics import JsonlSink, ProgressBar, RunningMeans, timestep_quartile
+from iddpm.train.metrics import JsonlSink, RunningMeans, timestep_quartile
 
 
 def test_quartile_boundaries_follow_t_over_T() -> None:
@@ -77,21 +77,3 @@ def test_jsonl_sink_appends_one_object_per_line(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert [json.loads(x) for x in lines] == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
     assert sink.read() == [json.loads(x) for x in lines]
-
-
-def test_progress_bar_writes_rate_and_eta_to_stderr(capsys: pytest.CaptureFixture) -> None:
-    bar = ProgressBar(total=10, initial=2)
-    for _ in range(3):
-        bar.update(1, loss=0.123456)
-    bar.close()
-    out = capsys.readouterr()
-    assert out.out == ""
-    assert "5/10" in out.err and "step/s" in out.err and "<" in out.err  # rate, ETA
-    assert "loss=0.1235" in out.err
-
-
-def test_disabled_progress_bar_is_silent(capsys: pytest.CaptureFixture) -> None:
-    bar = ProgressBar(total=3, enabled=False)
-    bar.update(1, loss=1.0)
-    bar.close()
-    assert capsys.readouterr() == ("", "")

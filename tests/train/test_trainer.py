@@ -109,9 +109,7 @@ def make_trainer(
     batches = Batches(images() if data is None else data, local)
     sampler = sampler or LossSecondMomentSampler(T, history=2)
     model = TinyNet(dropout=dropout)
-    return Trainer(
-        model, diffusion, batches, sampler, cfg, run_dir=run_dir, progress=False, **kwargs
-    )
+    return Trainer(model, diffusion, batches, sampler, cfg, run_dir=run_dir, **kwargs)
 
 
 def params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -158,7 +156,6 @@ def test_diffusion_and_config_must_agree_on_T() -> None:
             Batches(images(), 8),
             UniformSampler(20),
             cfg,
-            progress=False,
         )
 
 
@@ -187,7 +184,6 @@ def test_overfits_a_fixed_tiny_batch() -> None:
         Batches(images(1).repeat(4, 1, 1, 1), 4),
         UniformSampler(T),
         cfg,
-        progress=False,
     )
     losses = []
     for _ in range(300):
@@ -223,7 +219,6 @@ def test_importance_weights_scale_each_examples_gradient() -> None:
             Scaled(factor),
             cfg,
             optimizer=opt,
-            progress=False,
         )
         trainer.step()
         changes.append({k: before[k] - v for k, v in params(model).items()})
@@ -245,7 +240,6 @@ def test_microbatches_give_the_full_batch_gradient() -> None:
             LossSecondMomentSampler(T, history=2),
             cfg,
             optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-            progress=False,
         )
         trainer.step()
         deltas.append({k: before[k] - v for k, v in params(model).items()})
@@ -267,7 +261,6 @@ def test_grad_clip_bounds_the_update() -> None:
         UniformSampler(T),
         cfg,
         optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-        progress=False,
     )
     summary = trainer.run(1)
     step = torch.sqrt(sum(((before[k] - v) ** 2).sum() for k, v in params(model).items()))
@@ -357,7 +350,6 @@ def test_resume_refuses_a_different_diffusion_or_model(tmp_path: Path) -> None:
         Batches(images(), 8),
         UniformSampler(40),
         other,
-        progress=False,
     )
     with pytest.raises(ValueError) as e:
         trainer.resume(tmp_path)

@@ -1,7 +1,8 @@
-"""The `iddpm` command line: train | sample | nll | fid | convert | demo.
+"""The `iddpm` command line: train | sample | nll | fid | sweep | convert | demo.
 
 Progress bars and logs go to stderr; every command ends with one JSON object on the last
-line of stdout. Bad input gives one line on stderr and exit code 2.
+line of stdout. Bad input gives one line on stderr and exit code 2; Ctrl-C exits 130 and
+SIGTERM 143 (DESIGN.md §4).
 
 Multi-GPU, one node:   torchrun --nproc_per_node 8 -m iddpm train --preset cifar10 ...
 Several nodes:         torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
@@ -10,34 +11,27 @@ Several nodes:         torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
 
 from __future__ import annotations
 
-import click
+import sys
 
-from iddpm import __version__
 from iddpm.cli import _threads  # noqa: F401  (must run before torch loads)
-from iddpm.cli._common import Group
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="iddpm")
-def cli() -> None:
-    """Improved DDPM: train, sample, measure bits/dim and FID."""
-
-
-def _register() -> None:
-    from iddpm.cli.ablate import ablate
-    from iddpm.cli.convert import convert
-    from iddpm.cli.demo import demo
-    from iddpm.cli.evaluate import fid, nll
-    from iddpm.cli.sample import sample
-    from iddpm.cli.sweep import sweep
-    from iddpm.cli.train import train
-
-    for command in (demo, train, sample, nll, fid, sweep, convert, ablate):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
+    """Entry point of the console script: a Ctrl-C while the heavy modules are still
+    loading exits quietly with 130, like one during a command."""
+    try:
+        from iddpm.cli._app import cli
+    except KeyboardInterrupt:
+        sys.stderr.write("iddpm: interrupted\n")
+        sys.exit(130)
     cli(prog_name="iddpm")
+
+
+def __getattr__(name: str):
+    # `from iddpm.cli import cli` (the tests' in-process runner) without importing click,
+    # torch and every command when only main() is needed.
+    if name == "cli":
+        from iddpm.cli._app import cli
+
+        return cli
+    raise AttributeError(f"module 'iddpm.cli' has no attribute {name!r}")

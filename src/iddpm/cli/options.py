@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from iddpm.config import (
     TrainConfig,
     UNetConfig,
 )
+from iddpm.workflows.sample import sampler_cli_options, sampler_names
 
 # Flag names that differ from the field name (DESIGN.md §4).
 RENAMES = {"num_timesteps": "diffusion-steps", "var_type": "sigma"}
@@ -140,7 +142,22 @@ def experiment_options(func: Callable) -> Callable:
 
 
 def apply_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
-    """Replace the fields given on the command line (None = not given)."""
+    """Replace the fields given on the command line (None = not given). Errors name the
+    flags (--batch-size), not the config fields (batch_size)."""
+    try:
+        return _apply_overrides(cfg, values)
+    except ValueError as e:
+        raise ValueError(_with_flag_names(str(e))) from None
+
+
+def _with_flag_names(message: str) -> str:
+    fields = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    for name in sorted(fields, key=len, reverse=True):
+        message = re.sub(rf"(?<![-\w]){name}(?![\w])", f"--{flag_name(name)}", message)
+    return message
+
+
+def _apply_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
     changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in values.items():
         if "__" in key and value is not None:
@@ -163,3 +180,37 @@ def _with_consistent_outputs(d: dict, changes: dict[str, dict[str, Any]]) -> Exp
 
 def changed_fields(values: dict[str, Any]) -> list[str]:
     return [k.split("__", 1)[1] for k, v in values.items() if "__" in k and v is not None]
+
+
+SAMPLER_PREFIX = "sampler_opt__"
+
+
+def sampler_options(func: Callable) -> Callable:
+    """Add --sampler and one flag per option of any registered sampler (e.g. --eta)."""
+    for name, (tp, help_, users) in reversed(sampler_cli_options().items()):
+        text = f"{help_} (sampler{'s' if len(users) > 1 else ''} {', '.join(users)})"
+        flag = f"--{name.replace('_', '-')}"
+        func = click.option(flag, f"{SAMPLER_PREFIX}{name}", type=tp, default=None, help=text)(func)
+    return func
+
+
+def sampler_choice(multiple: bool = False) -> Callable:
+    """--sampler NAME (or --samplers A,B for sweeps), checked against the registry."""
+    names = ", ".join(sampler_names())
+    if multiple:
+        return click.option(
+            "--samplers",
+            default="ancestral",
+            show_default=True,
+            help=f"comma list of samplers to compare; registered: {names}",
+        )
+    return click.option(
+        "--sampler", default="ancestral", show_default=True, help=f"sampler: {names}"
+    )
+
+
+def pop_sampler_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The sampler flags the user gave, as {option: value}, removed from `values`."""
+    keys = [k for k in values if k.startswith(SAMPLER_PREFIX)]
+    given = {k[len(SAMPLER_PREFIX) :]: values.pop(k) for k in keys}
+    return {k: v for k, v in given.items() if v is not None}

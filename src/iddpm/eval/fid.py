@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.linalg
 
+from iddpm._io import atomic_write
+
 # Diagonal offset used when Σ₁Σ₂ is too close to singular for sqrtm (the usual fallback).
 SQRTM_EPS = 1e-6
 # Imaginary parts of tr sqrt(Σ₁Σ₂) above this (relative to its real part) mean the inputs
@@ -173,9 +175,8 @@ class FeatureStats:
             )
         if self._moments is not None or self.count >= 2:
             arrays.update(mu=self.mean(), sigma=self.cov())
-        with path.open("wb") as fh:  # an open file keeps numpy from appending ".npz"
-            np.savez(fh, **arrays)
-        return path
+        # an open file keeps numpy from appending ".npz"; atomic: no partial file on failure
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

@@ -1,4 +1,4 @@
-"""Training metrics: running means, loss by timestep quartile, a jsonl sink, a progress bar.
+"""Training metrics: running means, loss by timestep quartile and a jsonl sink.
 
 Nothing lives at module level: every accumulator is an object the trainer owns.
 Sums are kept as float64 tensors on the values' device, so adding a batch never forces a
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+
+from iddpm._io import read_jsonl
 
 NUM_QUARTILES = 4
 
@@ -93,41 +93,4 @@ class JsonlSink:
 
     def read(self) -> list[dict[str, Any]]:
         """Every record written so far (for tests and reports)."""
-        if not self.path.exists():
-            return []
-        with open(self.path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-
-class ProgressBar:
-    """A tqdm bar over training steps on stderr, showing rate and ETA, plus a postfix of
-    the latest metrics. `enabled=False` (other ranks) makes every call a no-op."""
-
-    def __init__(
-        self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"
-    ) -> None:
-        self._bar = (
-            tqdm(
-                total=total,
-                initial=initial,
-                desc=desc,
-                unit="step",
-                file=sys.stderr,
-                dynamic_ncols=True,
-                mininterval=0.5,
-            )
-            if enabled
-            else None
-        )
-
-    def update(self, n: int = 1, **postfix: float) -> None:
-        if self._bar is None:
-            return
-        if postfix:
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-        self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        return read_jsonl(self.path)

@@ -45,7 +45,7 @@ from iddpm.config import ExperimentConfig
 from iddpm.diffusion.losses import training_losses
 from iddpm.diffusion.respace import ModelAdapter
 from iddpm.train.ema import EMA
-from iddpm.train.metrics import JsonlSink, ProgressBar, RunningMeans
+from iddpm.train.metrics import JsonlSink, RunningMeans
 from iddpm.train.rules import (
     config_differences,
     derive_seed,
@@ -65,7 +65,10 @@ class Trainer:
     batches: an iterator of per-rank batches (with state_dict()/load_state_dict() if it is
     to be resumed exactly); timestep_sampler: a UniformSampler or LossSecondMomentSampler;
     run_dir: where config.json, checkpoints and metrics.jsonl go (None: nothing written);
-    hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps.
+    hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps;
+    on_step: on_step(trainer, record) after every step on rank 0, with the latest logged
+    metrics (progress display; the trainer itself prints nothing).
+    Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was.
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         optimizer: torch.optim.Optimizer | None = None,
         device: torch.device | str | None = None,
-        progress: bool = True,
+        on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
         tc = cfg.train
         if diffusion.num_timesteps != cfg.diffusion.num_timesteps:
@@ -88,7 +91,7 @@ class Trainer:
                 f"{cfg.diffusion.num_timesteps}; build it from the same config"
             )
         self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
-        self.sampler, self.hooks, self.progress = timestep_sampler, tuple(hooks), progress
+        self.sampler, self.hooks, self.on_step = timestep_sampler, tuple(hooks), on_step
         self.device = torch.device(device) if device is not None else distributed.device()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.local_batch, self.microbatch = split_batch(
@@ -113,10 +116,9 @@ class Trainer:
         scale = 1000.0 / diffusion.num_timesteps if cfg.diffusion.rescale_timesteps else 1.0
         self.model_fn = ModelAdapter(self._network, scale=scale)
         self.run_dir = checkpoint.run_dir(run_dir) if run_dir is not None else None
-        if self.run_dir is not None and distributed.is_main():
-            self.run_dir.create(cfg)
         self.metrics = RunningMeans()
         self.step_count, self._stop = 0, False
+        self.stop_signal: str | None = None  # "SIGINT"/"SIGTERM" once one asked to stop
         self._window = (0, time.perf_counter())  # (step, time) at the last log record
         self._noise_gen = torch.Generator()
 
@@ -273,18 +275,17 @@ class Trainer:
         Returns a summary dict.
         """
         total = self.cfg.train.steps if num_steps is None else num_steps
+        if self.run_dir is not None and distributed.is_main():
+            self.run_dir.create(self.cfg)
         start_step, start_time = self.step_count, time.perf_counter()
-        bar = ProgressBar(total, self.step_count, enabled=self.progress and distributed.is_main())
         last_save, record, stopped = None, {}, (False, False)
         self._window = (self.step_count, time.perf_counter())
         with self._stop_on_signals():
             while self.step_count < total:
                 self.step()
                 record = self._log_if_due() or record
-                postfix = {k: record[k] for k in ("loss",) if k in record}
-                if max_seconds is not None:  # a time budget: show the time left, not only ETA
-                    postfix["left_s"] = max(0.0, max_seconds - (time.perf_counter() - start_time))
-                bar.update(1, **postfix)
+                if self.on_step is not None and distributed.is_main():
+                    self.on_step(self, record)
                 self._after_step_events()
                 if self.step_count % self.cfg.train.checkpoint_every == 0:
                     last_save = self.step_count, self.save_checkpoint()
@@ -295,13 +296,13 @@ class Trainer:
             path = last_save[1] if last_save and last_save[0] == self.step_count else None
             if path is None and self.step_count > start_step:
                 path = self.save_checkpoint()
-        bar.close()
         wall = time.perf_counter() - start_time
         steps = self.step_count - start_step
         return {
             "step": self.step_count,
             "steps_run": steps,
             "interrupted": stopped[0],
+            "signal": self.stop_signal if stopped[0] else None,
             "time_limit_reached": stopped[1],
             "checkpoint": str(path) if path else None,
             "wall_s": wall,
@@ -364,7 +365,7 @@ class Trainer:
         def handler(signum: int, frame: Any) -> None:
             if self._stop:  # a second Ctrl-C aborts at once
                 raise KeyboardInterrupt
-            self._stop = True
+            self._stop, self.stop_signal = True, signal.Signals(signum).name
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

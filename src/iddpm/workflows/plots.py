@@ -2,13 +2,13 @@
 grids, and metrics against the number of sampling steps.
 
 Matplotlib is used through `Figure` objects and the Agg canvas only: no pyplot, no global
-backend switch, nothing is displayed. Every function writes one PNG (creating parent
-folders), returns its path, and raises a one-line ValueError for input it cannot draw.
+backend switch, nothing is displayed. Every function writes one PNG atomically (creating
+parent folders), returns its path, and raises a one-line ValueError for input it cannot
+draw.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from iddpm._io import atomic_write, read_jsonl
 from iddpm.diffusion import schedules
 
 DPI = 150
@@ -41,8 +42,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; give a path ending in .png, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
 
 
 def _finite_1d(name: str, values: object) -> np.ndarray:
@@ -126,14 +126,7 @@ def plot_bound_terms(
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n} is not valid JSON ({err.msg})") from None
-    return rows
+    return read_jsonl(path)
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -243,8 +236,7 @@ def save_image_grid(
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def plot_metric_vs_steps(

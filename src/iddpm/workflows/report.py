@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from iddpm._io import write_text
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -46,6 +48,4 @@ def write_report(
     parts += ["", "## Reproduce", ""]
     for what, cmd in commands.items():
         parts += [f"{what}:", "", f"    {cmd}", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts).rstrip() + "\n")
-    return path
+    return write_text(path, "\n".join(parts).rstrip() + "\n")

@@ -1,0 +1,24 @@
+"""The click group: every command registered, and every failure turned into one line."""
+
+from __future__ import annotations
+
+import click
+
+from iddpm import __version__
+from iddpm.cli._errors import Group
+from iddpm.cli.convert import convert
+from iddpm.cli.demo import demo
+from iddpm.cli.evaluate import fid, nll
+from iddpm.cli.sample import sample
+from iddpm.cli.sweep import sweep
+from iddpm.cli.train import train
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="iddpm")
+def cli() -> None:
+    """Improved DDPM: train, sample, measure bits/dim and FID."""
+
+
+for command in (demo, train, sample, nll, fid, sweep, convert):
+    cli.add_command(command)

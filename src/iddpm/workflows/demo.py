@@ -1,0 +1,138 @@
+"""The demo: the whole paper on the bundled digits, end to end, on a laptop CPU.
+
+Trains the digits preset (cosine schedule, learned-range variance, L_hybrid) for a time
+budget, samples with a few strided steps and with the full chain, measures the exact
+bits/dim of the test split, the offline digits-FID of both sample sets and a classifier's
+confidence, and writes RUN_DIR/report.md (`demo_report.py`) with the figures and the
+commands that reproduce them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iddpm._io import write_json
+from iddpm.build import load_model
+from iddpm.config import EvalConfig, ExperimentConfig, SampleConfig
+from iddpm.diffusion import registry
+from iddpm.diffusion.respace import parse_steps
+from iddpm.presets import get_preset
+from iddpm.workflows.demo_report import write_demo_report
+from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.runs import check_new_run
+from iddpm.workflows.train import TrainJob, train
+
+RESULT_FILE = "demo_result.json"
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """The demo's knobs. `sample_steps` with `sampler` is the few-step set; the second
+    set is always the full chain with the paper's (ancestral) sampler."""
+
+    run_dir: Path
+    minutes: float = 4.0
+    max_steps: int = 100_000
+    num_samples: int = 256
+    sample_steps: str = "50"
+    sampler: str = "ancestral"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    nll_images: int = 0
+    seed: int = 0
+    diffusion_steps: int | None = None
+
+
+def demo_config(job: DemoJob) -> ExperimentConfig:
+    """The digits preset with the demo's step cap, seed and logging."""
+    base = get_preset("digits")
+    train_cfg = base.train.replace(steps=job.max_steps, seed=job.seed, sample_every=0, log_every=20)
+    diffusion = base.diffusion.replace(
+        num_timesteps=job.diffusion_steps or base.diffusion.num_timesteps
+    )
+    return base.replace(train=train_cfg, diffusion=diffusion)
+
+
+def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
+    """Every option of the demo, before it trains (so a bad one costs no minutes)."""
+    if not (math.isfinite(job.minutes) and job.minutes > 0):
+        raise ValueError(f"--minutes must be a positive number of minutes, got {job.minutes}")
+    for flag, value in (("--max-steps", job.max_steps), ("--num-samples", job.num_samples)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if job.nll_images < 0:
+        raise ValueError(f"--nll-images must be >= 0 (0: all test images), got {job.nll_images}")
+    parse_steps(job.sample_steps, cfg.diffusion.num_timesteps)
+    registry.make_options(job.sampler, job.sampler_options)
+    check_new_run(job.run_dir)
+
+
+def run_demo(
+    job: DemoJob, device: torch.device | str = "cpu", progress: Progress = silent
+) -> dict[str, Any]:
+    """Train, sample, evaluate and report; returns the headline numbers (also written to
+    RUN_DIR/demo_result.json)."""
+    cfg = demo_config(job)
+    check_demo(job, cfg)
+    t0 = time.perf_counter()
+    trained = train(TrainJob(cfg, job.run_dir, max_minutes=job.minutes), device, progress)
+    loaded = load_model(job.run_dir, device=device)
+    extractor = extractor_for("digits", device)
+    ref = reference("digits", "train", extractor)
+    sets = []
+    for steps, sampler, options in (
+        (job.sample_steps, job.sampler, job.sampler_options),
+        ("", "ancestral", {}),
+    ):
+        label = steps or str(cfg.diffusion.num_timesteps)
+        scfg = SampleConfig(
+            num=job.num_samples,
+            steps=steps,
+            sampler=sampler,
+            sampler_options=options,
+            batch_size=256,
+            seed=job.seed,
+        )
+        npz = job.run_dir / "samples" / f"demo_{sampler}_{label}steps.npz"
+        row = sample_and_score(loaded, scfg, extractor, ref, device, progress, save_as=npz)
+        sets.append({**row, "steps": label, "sampler": sampler})
+    ecfg = EvalConfig(
+        data="digits",
+        split="test",
+        num_images=job.nll_images,
+        batch_size=128,
+        timestep_batch=10,
+        seed=job.seed,
+    )
+    start = time.perf_counter()
+    nll = bits_per_dim_of(loaded, ecfg, device, progress, "exact bits/dim, test split")
+    nll_seconds = time.perf_counter() - start
+    headline = {
+        "run_dir": str(job.run_dir),
+        "train_steps": trained["step"],
+        "train_seconds": round(trained["wall_s"], 1),
+        "bpd": nll.bpd,
+        "bpd_stderr": nll.stderr,
+        "nll_images": len(nll.total_bpd),
+        "nll_seconds": round(nll_seconds, 1),
+    }
+    for s in sets:
+        key = (
+            f"{s['steps']}steps"
+            if s["sampler"] == "ancestral"
+            else f"{s['sampler']}_{s['steps']}steps"
+        )
+        headline[f"fid_{key}"] = s["fid"]
+        headline[f"confident_fraction_{key}"] = s["confident_fraction"]
+        headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
+    headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline))
+    headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(job.run_dir / RESULT_FILE, headline)
+    return headline

@@ -1,0 +1,33 @@
+"""How jobs report progress without printing: the caller passes a `Progress` factory.
+
+A job opens one bar per phase, `with progress(desc, total, unit) as bar:`, and calls
+`bar.update(n, **postfix)`; `total` may be None (unknown). The command line passes a tqdm
+factory on rank 0; library callers pass nothing and get `silent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+
+class Bar(Protocol):
+    def update(self, n: float = 1, **postfix: float) -> None: ...
+
+
+class Progress(Protocol):
+    def __call__(
+        self, desc: str, total: float | None, unit: str
+    ) -> AbstractContextManager[Bar]: ...
+
+
+class _NullBar:
+    def update(self, n: float = 1, **postfix: float) -> None:
+        pass
+
+
+@contextmanager
+def silent(desc: str, total: float | None, unit: str) -> Iterator[Bar]:
+    """A Progress that shows nothing."""
+    yield _NullBar()

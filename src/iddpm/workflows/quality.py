@@ -1,0 +1,147 @@
+"""Sample quality against a reference, written once: reference statistics, scoring a set of
+images (FID, classifier confidence on the digits), the `iddpm fid` job, and "sample with
+sampler S at K steps and score it" for sweeps and the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iddpm._io import write_json
+from iddpm.build import LoadedModel
+from iddpm.config import SampleConfig
+from iddpm.data.images import load_npz
+from iddpm.data.spec import load_dataset
+from iddpm.eval.features import classifier_confidence, get_extractor
+from iddpm.eval.fid import FeatureExtractor, FeatureStats, compute_stats, fid_from_stats
+from iddpm.workflows import runtime
+from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.runs import check_output_file
+from iddpm.workflows.sample import draw, write_samples
+
+FEATURES = ("digits", "inception")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Feature statistics of the reference set (from images or a stats .npz) and where
+    they came from."""
+
+    stats: FeatureStats
+    source: str
+
+
+def extractor_for(features: str, device: torch.device | str) -> FeatureExtractor:
+    """The feature extractor by name: "digits" (offline, bundled) or "inception"."""
+    return get_extractor(features, device=device)
+
+
+def is_stats_file(ref: str) -> bool:
+    """True when `ref` names an .npz of feature statistics (not of images)."""
+    path = Path(ref)
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "mu" in f.files or "feature_sum" in f.files
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(
+            f"cannot read {path} as .npz ({e}); pass a file written by np.savez"
+        ) from None
+
+
+def reference(
+    ref: str, split: str, extractor: FeatureExtractor, batch_size: int = 256
+) -> Reference:
+    """--ref: a stats .npz (mu/sigma or iddpm's sums), or a data SPEC whose `split` images
+    are passed through the extractor (sharded across ranks)."""
+    if is_stats_file(ref):
+        stats = FeatureStats.load(ref)
+        if stats.dim != extractor.dim:
+            raise ValueError(
+                f"--ref {ref} holds {stats.dim}-d statistics but the {extractor.name} "
+                f"features are {extractor.dim}-d; use statistics of the same --features"
+            )
+        return Reference(stats, ref)
+    images = load_dataset(ref, split).images
+    return Reference(compute_stats(extractor, images, batch_size, shard_across_ranks=True), ref)
+
+
+def score(
+    images: np.ndarray, extractor: FeatureExtractor, ref: Reference, batch_size: int = 256
+) -> dict[str, Any]:
+    """FID of uint8 images [N, H, W, C] against the reference; on the digits also the
+    classifier's confidence (share of samples with p ≥ 0.9 and friends)."""
+    stats = compute_stats(extractor, images, batch_size, shard_across_ranks=True)
+    out: dict[str, Any] = {
+        "fid": fid_from_stats(stats, ref.stats),
+        "num_samples": int(stats.count),
+    }
+    if hasattr(extractor, "predict_proba"):
+        out.update(classifier_confidence(extractor.predict_proba(images)))
+    return out
+
+
+def sample_and_score(
+    loaded: LoadedModel,
+    cfg: SampleConfig,
+    extractor: FeatureExtractor,
+    ref: Reference,
+    device: torch.device | str,
+    progress: Progress = silent,
+    save_as: Path | None = None,
+) -> dict[str, Any]:
+    """Sample with cfg's sampler and steps, score the samples, optionally save them
+    (save_as: .npz, with a .png grid beside it). Returns the scores and timings."""
+    samples, seconds = draw(loaded, cfg, device, progress)
+    row: dict[str, Any] = {"sample_seconds": round(seconds, 3)}
+    if save_as is not None:
+        row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))
+    row.update(score(samples.images, extractor, ref, cfg.batch_size))
+    row["images"] = samples.images
+    return row
+
+
+@dataclass(frozen=True)
+class FidJob:
+    """FID of the samples in `samples` (.npz) against `ref` (data SPEC or stats .npz)."""
+
+    samples: Path
+    ref: str
+    ref_split: str = "train"
+    features: str = "digits"
+    batch_size: int = 256
+    save_ref: Path | None = None
+
+
+def fid_of_files(
+    job: FidJob, device: torch.device | str = "cpu", progress: Progress = silent
+) -> dict[str, Any]:
+    """The `iddpm fid` job; the summary is also written to SAMPLES.fid.json."""
+    out = job.samples.with_suffix(".fid.json")
+    check_output_file(out, "SAMPLES")
+    if job.save_ref is not None:
+        check_output_file(job.save_ref, "--save-ref")
+    images = load_npz(job.samples).images
+    extractor = extractor_for(job.features, device)
+    with progress("reference features", None, "set"):
+        ref = reference(job.ref, job.ref_split, extractor, job.batch_size)
+    with progress("sample features", None, "set"):
+        scores = score(images, extractor, ref, job.batch_size)
+    result: dict[str, Any] = {
+        **scores,
+        "features": extractor.name,
+        "comparable_to_inception": extractor.comparable_to_inception,
+        "num_ref": int(ref.stats.count) if ref.stats.count else None,
+        "samples": str(job.samples),
+        "ref": job.ref,
+    }
+    if runtime.is_main():
+        if job.save_ref is not None:
+            result["saved_ref"] = str(ref.stats.save(job.save_ref))
+        write_json(out, result)
+    return result

@@ -1,0 +1,69 @@
+"""Run directories and output paths as jobs see them: find, name, and check before writing.
+
+Every check here runs before a job's first write, so a job that fails on its paths leaves
+the file system as it found it (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from iddpm.checkpoint import CHECKPOINT_DIR, list_checkpoints
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint file belongs to (RUN/checkpoints/step_*.pt -> RUN)."""
+    folder = checkpoint.parent
+    return folder.parent if folder.name == CHECKPOINT_DIR else folder
+
+
+def has_checkpoints(run: Path) -> bool:
+    """True when `run` holds at least one complete checkpoint (temporary files of an
+    interrupted first save do not count)."""
+    return bool(list_checkpoints(run / CHECKPOINT_DIR))
+
+
+def fresh_run_dir(base: Path) -> Path:
+    """`base`, or base-2, base-3, …: the first that holds no checkpoints yet."""
+    candidate, k = base, 1
+    while candidate.exists() and (not candidate.is_dir() or has_checkpoints(candidate)):
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """`path` is, or can be created as, a directory this process may write into."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file, not a folder; choose a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"{flag} {path} lies under {existing}, which is a file; choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{flag} {path}: {existing} is not writable; choose a folder you can write to"
+        )
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """`path` can be written as a file: not a folder, and its folder is writable."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+    check_writable_dir(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{flag} {path} exists and is read-only; choose another name")
+
+
+def check_new_run(run: Path, flag: str = "--run-dir", overwrite: bool = False) -> None:
+    """A new run may go into `run`: a writable folder without checkpoints (or `overwrite`)."""
+    check_writable_dir(run, flag)
+    if has_checkpoints(run) and not overwrite:
+        raise FileExistsError(
+            f"{flag} {run} already holds a run; pass --resume to continue it, or choose "
+            "another folder"
+        )

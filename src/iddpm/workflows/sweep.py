@@ -1,0 +1,163 @@
+"""Sweeps: sample quality (and the K-step bound where it is defined) for every pair of a
+sampler and a number of steps K, as CSV and plots with one line per sampler (the paper's
+Figure 8 view, extended to other samplers)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iddpm._io import write_json, write_text
+from iddpm.build import load_model
+from iddpm.config import EvalConfig, SampleConfig
+from iddpm.diffusion import registry
+from iddpm.workflows import runtime
+from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.plots import plot_metric_vs_steps
+from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.runs import check_writable_dir, run_dir_of
+from iddpm.workflows.sample import num_steps
+
+# Samplers whose K-step process is the model's own reverse process, so its bound is defined.
+BOUND_SAMPLERS = ("ancestral",)
+SCORE_KEYS = ("fid", "confident_fraction")
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """Every (sampler, step spec) pair of `samplers` × `steps` ("full" = all T steps):
+    `num` samples each, FID against `ref` (default: the training data), and with
+    `nll_images` > 0 the K-step bound on that many test images."""
+
+    checkpoint: Path
+    samplers: tuple[str, ...] = ("ancestral",)
+    steps: tuple[str, ...] = ("25", "50", "100", "250", "full")
+    sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num: int = 256
+    seed: int = 0
+    batch_size: int = 256
+    ref: str | None = None
+    features: str = "digits"
+    nll_images: int = 0
+    out_dir: Path | None = None
+
+
+def _plan(job: SweepJob, loaded) -> list[SampleConfig]:
+    """Every sampling request of the sweep, validated before any work."""
+    T = loaded.config.diffusion.num_timesteps
+    specs = [str(T) if s == "full" else s for s in job.steps]
+    plan = []
+    for name in job.samplers:
+        options = job.sampler_options.get(name, {})
+        registry.make_options(name, options)
+        for spec in specs:
+            num_steps(loaded, spec)
+            plan.append(
+                SampleConfig(
+                    num=job.num,
+                    steps=spec,
+                    sampler=name,
+                    sampler_options=options,
+                    batch_size=job.batch_size,
+                    seed=job.seed,
+                )
+            )
+    return plan
+
+
+def sweep(
+    job: SweepJob, device: torch.device | str = "cpu", progress: Progress = silent
+) -> dict[str, Any]:
+    """The `iddpm sweep` job: rows of (sampler, K, scores[, bpd]) written to OUT/sweep.csv,
+    plots of FID (and the bound) against K, and the summary as OUT/sweep.json."""
+    loaded = load_model(job.checkpoint, device=device)
+    plan = _plan(job, loaded)
+    out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "sweep"
+    check_writable_dir(out_dir, "--out-dir")
+    extractor = extractor_for(job.features, device)
+    ref = reference(job.ref or loaded.config.train.data, "train", extractor, job.batch_size)
+    bounds: dict[str, float] = {}
+    rows = []
+    for cfg in plan:
+        k = num_steps(loaded, cfg.steps)
+        npz = out_dir / f"samples_{cfg.sampler}_{k}steps.npz"
+        row = sample_and_score(loaded, cfg, extractor, ref, device, progress, save_as=npz)
+        row.pop("images")
+        row = {"sampler": cfg.sampler, "steps": k, "spec": cfg.steps, **row}
+        if job.nll_images and cfg.sampler in BOUND_SAMPLERS:
+            if cfg.steps not in bounds:
+                ecfg = EvalConfig(steps=cfg.steps, num_images=job.nll_images, seed=job.seed)
+                bounds[cfg.steps] = bits_per_dim_of(loaded, ecfg, device, progress).bpd
+            row["bpd"] = bounds[cfg.steps]
+        rows.append(row)
+    result: dict[str, Any] = {"rows": rows, "features": extractor.name}
+    if runtime.is_main():
+        result.update(_write(out_dir, rows, extractor.name))
+        write_json(out_dir / "sweep.json", result)
+    return result
+
+
+def _write(out_dir: Path, rows: list[dict[str, Any]], feature_name: str) -> dict[str, str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    paths = {"csv": str(write_text(out_dir / "sweep.csv", text.getvalue()))}
+    steps = sorted({r["steps"] for r in rows})
+    paths["fid_plot"] = str(
+        plot_metric_vs_steps(
+            out_dir / "fid_vs_steps.png",
+            steps,
+            _by_sampler(rows, steps, "fid"),
+            ylabel=feature_name,
+            title="sample quality vs sampling steps",
+        )
+    )
+    bpd = {name: v for name, v in _by_sampler(rows, steps, "bpd").items() if any(map(_ok, v))}
+    if bpd:
+        paths["bpd_plot"] = str(
+            plot_metric_vs_steps(
+                out_dir / "bpd_vs_steps.png",
+                steps,
+                bpd,
+                ylabel="bits/dim",
+                title="bound of the K-step process",
+            )
+        )
+    return paths
+
+
+def _ok(v: float) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _by_sampler(rows: list[dict[str, Any]], steps: list[int], key: str) -> dict[str, list]:
+    """sampler -> metric at each K of `steps` (NaN where the sweep has no value)."""
+    table: dict[str, dict[int, float]] = {}
+    for r in rows:
+        table.setdefault(r["sampler"], {})[r["steps"]] = r.get(key, math.nan)
+    return {name: [vals.get(k, math.nan) for k in steps] for name, vals in table.items()}
+
+
+def split_options(samplers: tuple[str, ...], options: dict[str, Any]) -> dict[str, dict]:
+    """Give each sampler the options it takes (e.g. --eta goes to ddim only); an option
+    that none of `samplers` takes is a one-line error."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in samplers}
+    for key, value in options.items():
+        takers = [n for n in samplers if key in {f.name for f in registry.get(n).option_fields()}]
+        if not takers:
+            raise ValueError(
+                f"option --{key.replace('_', '-')} applies to none of the samplers "
+                f"{', '.join(samplers)}; drop it or add a sampler that takes it"
+            )
+        for name in takers:
+            out[name][key] = value
+    return out

@@ -1,0 +1,202 @@
+"""The training job: data → trainer → checkpoints (DESIGN.md §2: data yields batches, train
+consumes them; this is the one module that wires the two together).
+
+Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state,
+the data, the model and trainer, the checkpoint to resume from are all checked first; only
+then does the run write: config.json, the metrics log cut back to the checkpoint's step on a
+resume, checkpoints, train_result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iddpm import distributed
+from iddpm._io import read_jsonl, write_json, write_text
+from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
+from iddpm.checkpoint import CONFIG_FILE, METRICS_FILE
+from iddpm.config import ExperimentConfig, SampleConfig
+from iddpm.data.loader import ImageBatches
+from iddpm.generate import sample_images
+from iddpm.presets import get_preset
+from iddpm.train.rules import split_batch
+from iddpm.train.trainer import Trainer
+from iddpm.workflows.data import data_for_model
+from iddpm.workflows.plots import save_image_grid
+from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.runs import check_new_run, has_checkpoints
+
+RESULT_FILE = "train_result.json"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train `config` in `run_dir`; `resume` continues the run's latest checkpoint;
+    `max_minutes` stops (with a checkpoint) after that much training time."""
+
+    config: ExperimentConfig
+    run_dir: Path
+    resume: bool = False
+    max_minutes: float | None = None
+
+
+def read_config_file(path: Path, what: str) -> ExperimentConfig:
+    """An ExperimentConfig from a JSON file; one-line errors name the file and the fix."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{what} {path} does not exist; pass an existing config.json"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{what} {path} is not valid JSON ({e}); repair it or pass another"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} does not hold a JSON object of config sections")
+    try:
+        return ExperimentConfig.from_dict(data)
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{what} {path} is not an iddpm config ({e})") from None
+
+
+def base_config(
+    preset: str, config_file: Path | None, run_dir: Path, resume: bool
+) -> ExperimentConfig:
+    """What command-line flags override: the run's own config on --resume, else --config,
+    else the preset."""
+    if resume:
+        if config_file is not None:
+            raise ValueError(
+                "--resume continues the run's own config; drop --config (flags such as "
+                "--steps may still change it)"
+            )
+        path = run_dir / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--resume: {run_dir} has no {CONFIG_FILE}, so it is not an iddpm run; "
+                "train without --resume to start one"
+            )
+        return read_config_file(path, "the run's config")
+    if config_file is not None:
+        return read_config_file(config_file, "--config")
+    return get_preset(preset)
+
+
+def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int = 64):
+    """Every `sample_every` steps: a grid of samples from the slowest EMA, 50 strided steps."""
+    steps = "50" if cfg.diffusion.num_timesteps >= 50 else ""
+    scfg = SampleConfig(num=num, steps=steps, batch_size=num, seed=cfg.train.seed)
+
+    def hook(trainer: Trainer) -> None:
+        model = build_unet(cfg.model).to(device).eval()
+        model.load_state_dict(trainer.inference_state_dict())
+        samples = sample_images(model, cfg, scfg, device)
+        if distributed.is_main():
+            save_image_grid(run / "samples" / f"grid_{trainer.step_count:08d}.png", samples.images)
+
+    return hook
+
+
+def build_trainer(
+    cfg: ExperimentConfig, run: Path, device: torch.device, **kwargs: Any
+) -> tuple[Trainer, int]:
+    """The trainer of `cfg` with this rank's batches of the training data (checked), and
+    the number of training images."""
+    ds = data_for_model(cfg, split="train", for_training=True)
+    world = distributed.world_size()
+    per_rank, _ = split_batch(cfg.train.batch_size, world, cfg.train.microbatch)
+    batches = ImageBatches(
+        ds.images,
+        ds.labels,
+        per_rank,
+        seed=cfg.train.seed,
+        rank=distributed.rank(),
+        world_size=world,
+        random_flip=cfg.train.random_flip,
+    )
+    torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
+    trainer = Trainer(
+        build_unet(cfg.model),
+        build_diffusion(cfg.diffusion),
+        batches,
+        build_timestep_sampler(cfg.diffusion),
+        cfg,
+        run_dir=run,
+        hooks=[grid_hook(cfg, run, device)],
+        device=device,
+        **kwargs,
+    )
+    return trainer, len(ds)
+
+
+def _check_run_dir(run: Path, resume: bool) -> None:
+    if not resume:
+        check_new_run(run)
+    elif not has_checkpoints(run):
+        raise FileNotFoundError(
+            f"--resume: {run} has no complete checkpoint (training never saved one); "
+            "run without --resume to start afresh"
+        )
+
+
+def _cut_metrics(run: Path, step: int) -> None:
+    """Drop the metric lines past `step` (re-trained after a kill), atomically."""
+    path = run / METRICS_FILE
+    rows = read_jsonl(path)
+    kept = [r for r in rows if int(r.get("step", 0)) <= step]
+    if len(kept) != len(rows) or (path.exists() and not path.read_text().endswith("\n")):
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _progress_callback(bar, total_steps: int, max_seconds: float | None):
+    start, last = time.perf_counter(), [0.0]
+
+    def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
+        postfix = {"step": float(trainer.step_count)} if max_seconds else {}
+        if "loss" in record:
+            postfix["loss"] = record["loss"]
+        if max_seconds:  # a time budget: the bar counts seconds, so it shows the time left
+            now = min(time.perf_counter() - start, max_seconds)
+            bar.update(now - last[0], **postfix)
+            last[0] = now
+        else:
+            bar.update(1, **postfix)
+
+    return on_step
+
+
+def train(
+    job: TrainJob, device: torch.device | str = "cpu", progress: Progress = silent
+) -> dict[str, Any]:
+    """The `iddpm train` job; returns the trainer's summary (also RUN/train_result.json).
+
+    "interrupted" is True when SIGINT/SIGTERM stopped it (with a checkpoint first) and
+    "signal" names the signal.
+    """
+    cfg, run = job.config, job.run_dir
+    _check_run_dir(run, job.resume)
+    max_seconds = job.max_minutes * 60 if job.max_minutes else None
+    trainer, num_images = build_trainer(cfg, run, torch.device(device))
+    if job.resume:
+        trainer.resume(run)
+        if distributed.is_main():
+            _cut_metrics(run, trainer.step_count)
+    total = cfg.train.steps
+    bar_total = max_seconds if max_seconds else total
+    unit = "s" if max_seconds else "step"
+    with progress("train", bar_total, unit) as bar:
+        if not max_seconds:
+            bar.update(trainer.step_count)
+        trainer.on_step = _progress_callback(bar, total, max_seconds)
+        summary = trainer.run(max_seconds=max_seconds)
+    summary = {**summary, "run_dir": str(run), "num_train_images": num_images}
+    if distributed.is_main():
+        write_json(run / RESULT_FILE, summary)
+    return summary
