@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-fast lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,3 +23,8 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Everything but the end-to-end tests marked `slow` (demo, ablation, multi-process runs,
+# training from the CLI): under a minute, for the edit-test loop.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"

@@ -175,10 +175,12 @@ def test_convert_reference_checkpoint_then_sample(tmp_path) -> None:
         assert f["arr_0"].shape == (2, 8, 8, 3)
 
 
+@pytest.mark.slow
 def test_train_digits_preset_from_the_cli(tmp_path) -> None:
     run = tmp_path / "run"
     res = run_cli("train", "--preset", "digits", "--steps", 200, "--run-dir", run,
-                  "--checkpoint-every", 100, "--log-every", 50)  # fmt: skip
+                  "--batch-size", 16, "--model-channels", 32, "--checkpoint-every", 100,
+                  "--log-every", 50)  # fmt: skip
     summary = last_json(res)
     assert summary["step"] == 200 and not summary["interrupted"]
     state = torch.load(summary["checkpoint"], weights_only=True)

@@ -77,9 +77,14 @@ def test_experiment_round_trip_keeps_tuples() -> None:
         (lambda: EvalConfig(split="val"), "unknown split 'val'"),
         (
             lambda: ExperimentConfig(
-                diffusion=DiffusionConfig(var_type="fixed-small"), model=UNetConfig()
+                diffusion=DiffusionConfig(var_type="fixed-small"),
+                model=UNetConfig(out_channels=6),
             ),
             "use out_channels=3",
+        ),
+        (
+            lambda: DiffusionConfig(loss="simple"),
+            "loss 'simple' cannot train the learned variance",
         ),
         (lambda: DiffusionConfig.from_dict({"steps": 3}), "unknown DiffusionConfig field"),
     ],
@@ -96,3 +101,17 @@ def test_sample_configs_written_before_the_registry_still_load() -> None:
     plain = SampleConfig.from_dict({"num": 4, "ddim": False, "eta": 0.0})
     assert (plain.sampler, plain.sampler_options) == ("ancestral", {})
     assert SampleConfig.from_dict(old.to_dict()) == old
+
+
+def test_output_channels_are_derived_from_the_variance_type() -> None:
+    learned = ExperimentConfig()
+    assert learned.model.out_channels == 6  # ε and v per RGB channel
+    fixed = ExperimentConfig(diffusion=DiffusionConfig(var_type="fixed-large"))
+    assert fixed.model.out_channels == 3
+    stored = learned.to_dict()
+    assert "out_channels" not in stored["model"]  # derived, so a changed --sigma re-derives
+    stored["diffusion"]["var_type"] = "fixed-small"
+    assert ExperimentConfig.from_dict(stored).model.out_channels == 3
+    old = learned.to_dict()
+    old["model"]["out_channels"] = 6  # config files written before the rule still load
+    assert ExperimentConfig.from_dict(old) == learned

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 
@@ -10,6 +12,7 @@ from click.testing import CliRunner
 from iddpm.cli import cli
 
 
+@pytest.mark.slow
 def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
     run = tmp_path / "demo"
     args = ["demo", "--run-dir", str(run), "--minutes", "0.05", "--max-steps", "6",

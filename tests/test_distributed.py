@@ -108,6 +108,7 @@ def _collectives() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_collectives_over_two_gloo_ranks(two_ranks: list[dict[str, Any]]) -> None:
     results = [r["collectives"] for r in two_ranks]
     want = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0], dtype=torch.float64)
@@ -175,6 +176,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return run_ranks(2, _two_rank_job, tmp_path_factory.mktemp("ranks"), STEPS, 2)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(
     two_ranks: list[dict[str, Any]],
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_quick_start_runs_and_samples() -> None:
     text = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)

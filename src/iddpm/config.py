@@ -108,10 +108,22 @@ class DiffusionConfig(_Serializable):
         _choice("loss", self.loss, LOSSES)
         _choice("timestep sampler", self.timestep_sampler, TIMESTEP_SAMPLERS)
         _positive("vlb_weight", self.vlb_weight)
+        if self.loss == "simple" and self.learn_sigma:
+            # L_simple has no term that depends on Σ_θ (P9): its variance channels would
+            # never train and sampling would silently use v = 0.
+            raise ValueError(
+                f"loss 'simple' cannot train the learned variance ({self.var_type!r}); use "
+                "--sigma fixed-large or --sigma fixed-small with it, or --loss hybrid"
+            )
 
     @property
     def learn_sigma(self) -> bool:
         return self.var_type in ("learned", "learned-range")
+
+    def output_channels(self, image_channels: int) -> int:
+        """Channels the network outputs: ε (or x0, or the mean) per image channel, plus as
+        many variance channels when Σ is learned. The one place this rule lives."""
+        return image_channels * (2 if self.learn_sigma else 1)
 
 
 @dataclass(frozen=True)
@@ -119,13 +131,15 @@ class UNetConfig(_Serializable):
     """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
-    downsampling rates. `out_channels` is 2·in_channels when the variance is learned.
+    downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig
+    from the variance type (`DiffusionConfig.output_channels`: 2·in_channels when Σ is
+    learned), on its own in_channels; an explicit value must agree with that rule.
     """
 
     image_size: int = 32
     in_channels: int = 3
     model_channels: int = 128
-    out_channels: int = 6
+    out_channels: int | None = None
     num_res_blocks: int = 3
     attention_resolutions: tuple[int, ...] = (16, 8)
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -137,8 +151,10 @@ class UNetConfig(_Serializable):
     num_groups: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "in_channels", "model_channels", "out_channels"):
+        for name in ("image_size", "in_channels", "model_channels"):
             _positive(name, getattr(self, name))
+        if self.out_channels is not None:
+            _positive("out_channels", self.out_channels)
         _positive("num_res_blocks", self.num_res_blocks)
         _positive("num_heads", self.num_heads)
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
@@ -225,13 +241,33 @@ class ExperimentConfig(_Serializable):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        want = self.model.in_channels * (2 if self.diffusion.learn_sigma else 1)
-        if self.model.out_channels != want:
+        want = self.diffusion.output_channels(self.model.in_channels)
+        if self.model.out_channels is None:  # derived (frozen: set once, here)
+            object.__setattr__(self, "model", self.model.replace(out_channels=want))
+        elif self.model.out_channels != want:
             raise ValueError(
                 f"model out_channels {self.model.out_channels} does not match variance type "
                 f"{self.diffusion.var_type!r} with {self.model.in_channels} image channels; "
-                f"use out_channels={want}"
+                f"use out_channels={want} (or leave it out: it is derived)"
             )
+
+        if self.train.class_cond and self.model.num_classes is None:
+            raise ValueError(
+                "class_cond is on but the model has no classes; pass --num-classes N "
+                "(the number of classes in the data)"
+            )
+        if self.model.num_classes is not None and not self.train.class_cond:
+            raise ValueError(
+                f"the model has num_classes={self.model.num_classes} but class_cond is off; "
+                "pass --class-cond (labels come from the data) or drop --num-classes"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        # out_channels is derived, so it is not stored: changing the variance type or the
+        # image channels of a stored config re-derives it. (Files that store it still load.)
+        d = super().to_dict()
+        d["model"].pop("out_channels")
+        return d
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ def _digits() -> ExperimentConfig:
         model=UNetConfig(
             image_size=8,
             in_channels=1,
-            out_channels=2,
             model_channels=32,
             num_res_blocks=1,
             attention_resolutions=(4,),
@@ -50,7 +49,7 @@ def _cifar10() -> ExperimentConfig:
         model=UNetConfig(image_size=32, dropout=0.3, channel_mult=(1, 2, 2, 2)),
         train=TrainConfig(
             data="cifar10:data/cifar-10-batches-py",
-            random_flip=True,
+            random_flip=False,  # the reference's data loader never flips
             batch_size=128,
             lr=1e-4,
             ema_rates=(0.9999,),
@@ -69,7 +68,7 @@ def _imagenet64() -> ExperimentConfig:
         model=UNetConfig(image_size=64, dropout=0.0, channel_mult=(1, 2, 3, 4)),
         train=TrainConfig(
             data="data/imagenet64/train_data.npz",
-            random_flip=True,
+            random_flip=False,  # the reference's data loader never flips
             batch_size=128,
             lr=1e-4,
             ema_rates=(0.9999,),

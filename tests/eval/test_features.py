@@ -113,6 +113,7 @@ def _subset(digits, n: int = 200):
     return train.images[:n], train.labels[:n]
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_leaves_global_state_alone(digits) -> None:
     images, labels = _subset(digits)
     rng_before, threads = torch.get_rng_state(), torch.get_num_threads()
@@ -126,6 +127,7 @@ def test_training_is_deterministic_and_leaves_global_state_alone(digits) -> None
     assert not torch.equal(a.fc2.weight, c.fc2.weight)
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_reproduces_outputs(digits, tmp_path: Path) -> None:
     images, labels = _subset(digits)
     model = train_digits_classifier(images, labels, epochs=1)

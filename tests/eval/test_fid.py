@@ -183,6 +183,7 @@ def _sharded_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         distributed.shutdown()
 
 
+@pytest.mark.slow
 def test_two_rank_sharded_stats_equal_single_process_stats(tmp_path) -> None:
     pytest.importorskip("iddpm.distributed")
     import socket

@@ -111,8 +111,8 @@ def test_export_inverts_the_conversion_exactly(fixture, name: str) -> None:
 @pytest.mark.parametrize(
     "cfg",
     [
-        UNetConfig(),  # the paper's CIFAR-10 model
-        UNetConfig(image_size=64, channel_mult=(1, 2, 3, 4)),  # ImageNet 64
+        UNetConfig(out_channels=6),  # the paper's CIFAR-10 model (learned Σ)
+        UNetConfig(image_size=64, channel_mult=(1, 2, 3, 4), out_channels=6),  # ImageNet 64
         UNetConfig(
             image_size=8,
             in_channels=1,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from iddpm.config import UNetConfig
 from iddpm.model.layers import GroupNorm32, ResBlock, SelfAttention2d, timestep_embedding
 from iddpm.model.unet import UNet
+from iddpm.presets import get_preset
 
 GRAY8 = UNetConfig(
     image_size=8,
@@ -52,7 +53,7 @@ def _inputs(cfg: UNetConfig, n: int = 2, seed: int = 0, size: tuple[int, int] | 
 def test_output_has_input_size_and_out_channels(cfg: UNetConfig, size) -> None:
     x, t = _inputs(cfg, n=3, size=size)
     out = _randomise(UNet(cfg))(x, t)
-    assert out.shape == (3, cfg.out_channels, *x.shape[2:])
+    assert out.shape == (3, cfg.out_channels or cfg.in_channels, *x.shape[2:])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
@@ -60,6 +61,7 @@ def test_learned_variance_doubles_the_output_channels() -> None:
     x, t = _inputs(RGB32)
     for out_channels in (3, 6):
         assert UNet(RGB32.replace(out_channels=out_channels))(x, t).shape[1] == out_channels
+    assert UNet(RGB32)(x, t).shape[1] == 3  # not set: one ε channel per image channel
 
 
 @pytest.mark.parametrize("cfg", [GRAY8, RGB32.replace(num_classes=10)])
@@ -201,7 +203,7 @@ def test_average_pool_resampling_has_no_parameters() -> None:
 def test_paper_cifar10_model_has_52_5m_parameters() -> None:
     # 128 channels, mult (1, 2, 2, 2), 3 res blocks, attention at 16 and 8, 4 heads, 6 outputs.
     with torch.device("meta"):
-        model = UNet(UNetConfig())
+        model = UNet(get_preset("cifar10").model)
     assert sum(p.numel() for p in model.parameters()) == 52_546_438
 
 

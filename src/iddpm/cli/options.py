@@ -47,7 +47,8 @@ HELP = {
     "image_size": "image resolution in pixels",
     "in_channels": "image channels (1 grayscale, 3 RGB)",
     "model_channels": "base channel count of the UNet",
-    "out_channels": "network output channels (2x image channels for learned variance)",
+    "out_channels": "network output channels (default: derived, 2x image channels when "
+    "the variance is learned)",
     "num_res_blocks": "residual blocks per resolution",
     "attention_resolutions": "feature-map sizes with self-attention, e.g. 16,8",
     "channel_mult": "channel multiplier per resolution, e.g. 1,2,2,2",
@@ -151,9 +152,12 @@ def apply_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> Experiment
 
 
 def _with_flag_names(message: str) -> str:
+    # Field names with an underscore are replaced wherever they stand; one-word names
+    # (data, steps, seed, …) only where they are the subject of a rule, so prose stays prose.
     fields = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     for name in sorted(fields, key=len, reverse=True):
-        message = re.sub(rf"(?<![-\w]){name}(?![\w])", f"--{flag_name(name)}", message)
+        tail = "" if "_" in name else r"(?=(=| must| is | does ))"
+        message = re.sub(rf"(?<![-\w]){name}(?![\w]){tail}", f"--{flag_name(name)}", message)
     return message
 
 
@@ -166,15 +170,6 @@ def _apply_overrides(cfg: ExperimentConfig, values: dict[str, Any]) -> Experimen
     d = cfg.to_dict()
     for section, fields in changes.items():
         d[section].update({k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
-    return _with_consistent_outputs(d, changes)
-
-
-def _with_consistent_outputs(d: dict, changes: dict[str, dict[str, Any]]) -> ExperimentConfig:
-    # Changing the variance type or the image channels implies the output channels,
-    # unless the user set them explicitly.
-    if "out_channels" not in changes["model"]:
-        learn = d["diffusion"]["var_type"] in ("learned", "learned-range")
-        d["model"]["out_channels"] = d["model"]["in_channels"] * (2 if learn else 1)
     return ExperimentConfig.from_dict(d)
 
 

@@ -30,6 +30,12 @@ ModelFn = Callable[..., torch.Tensor]
 _FORMATS = "use a count like '50', section counts like '10,15,20', or 'ddim50'"
 
 
+def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
+    """What the network's timestep input is multiplied by: 1000/T when the model is trained
+    with rescaled timesteps (it then always sees [0, 1000), whatever T is), else 1."""
+    return 1000.0 / num_timesteps if rescale_timesteps else 1.0
+
+
 class ModelAdapter:
     """Wrap a network so it can be called as model_fn(x_t, t, **cond) with t the index of
     the process being run.
@@ -212,5 +218,4 @@ def spaced_model(
     T = diffusion.num_timesteps
     kept = parse_steps(steps, T) if steps is None or isinstance(steps, str) else list(steps)
     spaced, timestep_map = respace(diffusion, kept)
-    scale = 1000.0 / T if rescale_timesteps else 1.0
-    return spaced, ModelAdapter(model, timestep_map, scale)
+    return spaced, ModelAdapter(model, timestep_map, timestep_scale(T, rescale_timesteps))

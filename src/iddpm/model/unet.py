@@ -120,7 +120,9 @@ class UNet(nn.Module):
 
         # 4. head
         self.head_norm = GroupNorm32(cfg.num_groups, ch)
-        self.head_conv = zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.head_conv = zero_module(
+            nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
+        )
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from iddpm import checkpoint, distributed
 from iddpm.config import ExperimentConfig
 from iddpm.diffusion.losses import training_losses
-from iddpm.diffusion.respace import ModelAdapter
+from iddpm.diffusion.respace import ModelAdapter, timestep_scale
 from iddpm.train.ema import EMA
 from iddpm.train.metrics import JsonlSink, RunningMeans
 from iddpm.train.rules import (
@@ -113,7 +113,7 @@ class Trainer:
         # after the wrap: DDP has just broadcast rank 0's weights, which the EMA starts from
         self.ema = EMA(self.module, tc.ema_rates, warmup=tc.ema_warmup)
         self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
-        scale = 1000.0 / diffusion.num_timesteps if cfg.diffusion.rescale_timesteps else 1.0
+        scale = timestep_scale(diffusion.num_timesteps, cfg.diffusion.rescale_timesteps)
         self.model_fn = ModelAdapter(self._network, scale=scale)
         self.run_dir = checkpoint.run_dir(run_dir) if run_dir is not None else None
         self.metrics = RunningMeans()
