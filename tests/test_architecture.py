@@ -97,19 +97,6 @@ ALLOWED: dict[str, set[str]] = {
         "plots",
         "train",
     },
-    "ablate": {
-        "build",
-        "checkpoint",
-        "config",
-        "data",
-        "distributed",
-        "eval",
-        "generate",
-        "pipeline",
-        "plots",
-        "presets",
-        "report",
-    },
     "cli": {"*"},
 }
 

@@ -24,7 +24,6 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from iddpm.cli.ablate import ablate
     from iddpm.cli.convert import convert
     from iddpm.cli.demo import demo
     from iddpm.cli.evaluate import fid, nll
@@ -32,7 +31,7 @@ def _register() -> None:
     from iddpm.cli.sweep import sweep
     from iddpm.cli.train import train
 
-    for command in (demo, train, sample, nll, fid, sweep, convert, ablate):
+    for command in (demo, train, sample, nll, fid, sweep, convert):
         cli.add_command(command)
 
 
