@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/iddpm demo
 
 lint: setup
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from iddpm.cli import cli

@@ -262,6 +262,14 @@ class ExperimentConfig(_Serializable):
                 "pass --class-cond (labels come from the data) or drop --num-classes"
             )
 
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with some sections replaced; a derived out_channels is derived again
+        (so `cfg.replace(diffusion=cfg.diffusion.replace(var_type=...))` just works)."""
+        model = changes.get("model", self.model)
+        if model.out_channels == self.diffusion.output_channels(self.model.in_channels):
+            changes["model"] = model.replace(out_channels=None)
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         # out_channels is derived, so it is not stored: changing the variance type or the
         # image channels of a stored config re-derives it. (Files that store it still load.)
