@@ -33,11 +33,13 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion.timestep_sampler": {"_tensor"},
     "diffusion.respace": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
     "diffusion.samplers": {"_tensor", "diffusion.gaussian", "diffusion.respace"},
+    "diffusion.dpm_solver": {"_tensor", "diffusion.gaussian", "diffusion.samplers"},
     "diffusion.registry": {
         "_tensor",
         "diffusion.gaussian",
         "diffusion.respace",
         "diffusion.samplers",
+        "diffusion.dpm_solver",
     },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},
@@ -86,6 +88,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "eval.fid": {"distributed", "generate"},
     "eval.features": {"distributed"},
+    "eval.precision_recall": set(),
     "plots": {"config", "diffusion.schedules"},
     "report": {"config", "plots"},
     "pipeline": {
