@@ -196,5 +196,5 @@ register(
     "dpmpp3m",
     dpmpp_3m_steps,
     NoOptions,
-    "third-order multistep DPM-Solver++: best with 'logsnrK' spacing and 20+ steps",
+    "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
 )
