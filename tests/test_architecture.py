@@ -34,11 +34,13 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion.timestep_sampler": {"_tensor"},
     "diffusion.respace": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
     "diffusion.samplers": {"_tensor", "diffusion.gaussian", "diffusion.respace"},
+    "diffusion.dpm_solver": {"_tensor", "diffusion.gaussian", "diffusion.samplers"},
     "diffusion.registry": {
         "_tensor",
         "diffusion.gaussian",
         "diffusion.respace",
         "diffusion.samplers",
+        "diffusion.dpm_solver",
     },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},
@@ -87,6 +89,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "eval.fid": {"distributed", "generate"},
     "eval.features": {"distributed"},
+    "eval.precision_recall": set(),
     # layer 4: whole jobs may use every layer below (never the command line)
     "workflows": {"*"},
     # layer 5: the command line maps argv to configs and calls one workflow

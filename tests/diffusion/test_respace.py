@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import _TABLES, GaussianDiffusion, MeanType, VarType
-from iddpm.diffusion.respace import ModelAdapter, parse_steps, respace, spaced_model
+from iddpm.diffusion.respace import (
+    ModelAdapter,
+    format_steps,
+    parse_steps,
+    respace,
+    spaced_model,
+)
 
 
 def make(schedule: str = "cosine", T: int = 1000, **kw) -> GaussianDiffusion:
@@ -92,6 +99,150 @@ def test_impossible_ddim_count_reports_the_reachable_counts() -> None:
 def test_bad_number_of_steps_is_rejected() -> None:
     with pytest.raises(ValueError, match="integer >= 1, got 0"):
         parse_steps("10", 0)
+
+
+def test_trailing_spec_reaches_the_top_and_spaces_evenly_down_from_it() -> None:
+    assert parse_steps("trailing10", 1000) == list(range(99, 1000, 100))
+    assert parse_steps("trailing1", 1000) == [999]
+    assert parse_steps("trailing1000", 1000) == list(range(1000))
+    for T, K in [(1000, 30), (1000, 7), (4000, 50), (10, 3), (7, 7)]:
+        kept = parse_steps(f"trailing{K}", T)
+        assert len(kept) == K and kept[-1] == T - 1
+        assert kept[0] == math.ceil(T / K) - 1  # T − 1 − ⌊(K − 1)T/K⌋
+        gaps = {b - a for a, b in itertools.pairwise(kept)}
+        assert gaps <= {T // K, math.ceil(T / K)}
+
+
+def test_ddim_spacing_starts_below_noise_and_trailing_spacing_at_it() -> None:
+    # With the cosine schedule the top of 'ddim10' (step 900) has ᾱ = 0.0236: the sampler
+    # starts from pure noise at a level that is not pure noise. 'trailing10' starts at T − 1.
+    abar = make("cosine", 1000).alphas_cumprod
+    assert parse_steps("ddim10", 1000)[-1] == 900
+    assert 0.023 < float(abar[900]) < 0.025
+    assert parse_steps("trailing10", 1000)[-1] == 999
+    assert float(abar[999]) < 1e-8
+
+
+def _logsnr(d: GaussianDiffusion) -> torch.Tensor:
+    return torch.log(d.alphas_cumprod) - torch.log1p(-d.alphas_cumprod)
+
+
+@pytest.mark.parametrize("K", [5, 10, 30])
+def test_logsnr_spec_keeps_the_steps_nearest_to_uniform_log_snr(K: int) -> None:
+    d = make("linear", 1000)
+    kept = parse_steps(f"logsnr{K}", 1000, alphas_cumprod=d.alphas_cumprod)
+    logsnr = _logsnr(d)
+    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), K, dtype=torch.float64)
+    assert len(kept) == K and kept[0] == 0 and kept[-1] == 999
+    assert logsnr[0] > 9 and logsnr[-1] < -10  # the ends: steps 0 and T − 1
+    assert all(b > a for a, b in itertools.pairwise(kept))
+    # no two targets share a step here, so every kept step is its target's nearest step
+    nearest = [int((logsnr - t).abs().argmin()) for t in targets]
+    assert kept == nearest
+    # uniformity: every kept log-SNR is within half a local step gap of its target
+    for step, target in zip(kept, targets):
+        gap = float((logsnr[max(step - 1, 0)] - logsnr[min(step + 1, 999)]).abs())
+        assert abs(float(logsnr[step]) - float(target)) <= gap / 2 + 1e-12
+
+
+def test_logsnr_spec_moves_colliding_targets_to_free_steps() -> None:
+    # Linear, K = 50: the first targets are closer than the first steps, and targets 1 and 2
+    # share step 1; the later one moves up to the next free step.
+    d = make("linear", 1000)
+    kept = parse_steps("logsnr50", 1000, alphas_cumprod=d.alphas_cumprod)
+    logsnr = _logsnr(d)
+    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), 50, dtype=torch.float64)
+    nearest = [int((logsnr - t).abs().argmin()) for t in targets]
+    assert nearest[:7] == [0, 1, 1, 2, 3, 4, 6] and kept[:7] == [0, 1, 2, 3, 4, 5, 6]
+    assert kept[7:] == nearest[7:]
+
+
+def test_logsnr_spec_on_the_cosine_schedule_crowds_the_top_steps() -> None:
+    # The cosine schedule's clipped last β puts log-SNR −12.9 at step 998 and −19.8 at 999,
+    # 23% of the whole range [−19.8, 10.1] in one step: at K = 50 the targets from i = 28 on
+    # all lie beyond step 977, so they take the highest steps left, 978 … 999, in order.
+    d = make("cosine", 1000)
+    kept = parse_steps("logsnr50", 1000, alphas_cumprod=d.alphas_cumprod)
+    logsnr = _logsnr(d)
+    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), 50, dtype=torch.float64)
+    nearest = [int((logsnr - t).abs().argmin()) for t in targets]
+    assert len(set(nearest)) < 50 and min(nearest[28:]) > 977
+    assert kept[:28] == nearest[:28] and kept[28:] == list(range(978, 1000))
+    assert parse_steps("logsnr1000", 1000, alphas_cumprod=d.alphas_cumprod) == list(range(1000))
+    assert parse_steps("logsnr1", 1000, alphas_cumprod=d.alphas_cumprod) == [0]
+
+
+def test_spaced_model_passes_the_schedule_to_logsnr_specs() -> None:
+    base = make("cosine", 1000)
+    spaced, adapted = spaced_model(_echo_t, base, "logsnr20", rescale_timesteps=False)
+    expected = parse_steps("logsnr20", 1000, alphas_cumprod=base.alphas_cumprod)
+    assert spaced.num_timesteps == 20
+    assert adapted(torch.zeros(20, 1), torch.arange(20)).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        [0],
+        [999],
+        [0, 5, 17, 999],
+        list(range(0, 1000, 37)),
+        parse_steps("logsnr25", 1000, alphas_cumprod=make("linear", 1000).alphas_cumprod),
+    ],
+)
+def test_explicit_step_lists_round_trip(kept: list[int]) -> None:
+    spec = format_steps(kept)
+    assert spec.startswith("at:")
+    assert parse_steps(spec, 1000) == kept
+    assert parse_steps(f"  {spec} ", 1000) == kept
+
+
+def test_explicit_step_list_tolerates_spaces_between_steps() -> None:
+    assert parse_steps("at:0, 5 ,17", 20) == [0, 5, 17]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("trailing0", "asks for 0 steps; use 'trailingK' with K >= 1"),
+        ("trailing101", "has only 100; use at most 'trailing100'"),
+        ("trailingx", "non-integer count 'x'"),
+        ("logsnr0", "asks for 0 steps; use 'logsnrK' with K >= 1"),
+        ("logsnr101", "has only 100; use at most 'logsnr100'"),
+        ("at:", "lists no steps"),
+        ("at:0,x", "non-integer step 'x'"),
+        ("at:0,,5", "non-integer step ''"),
+        ("at:0,100", "has step 100 outside [0, 100); list steps from 0 to 99"),
+        ("at:-1,5", "has step -1 outside [0, 100)"),
+        ("at:0,5,5", "repeats step 5; list each step once"),
+        ("at:0,7,3", "is not increasing (7 before 3); list the steps in increasing order"),
+        ("after:3", "unknown step spec 'after:3'"),
+    ],
+)
+def test_bad_new_specs_raise_one_line_errors(spec: str, message: str) -> None:
+    abar = make("cosine", 100).alphas_cumprod
+    with pytest.raises(ValueError) as err:
+        parse_steps(spec, 100, alphas_cumprod=abar)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_logsnr_spec_needs_a_finite_schedule_of_the_right_length() -> None:
+    with pytest.raises(ValueError, match="needs the schedule's alphas_cumprod; pass"):
+        parse_steps("logsnr10", 100)
+    with pytest.raises(ValueError, match=r"shape \(50,\) but the process has 100 steps"):
+        parse_steps("logsnr10", 100, alphas_cumprod=make("cosine", 50).alphas_cumprod)
+    betas = torch.cat([torch.full((99,), 0.02, dtype=torch.float64), torch.ones(1)])
+    with pytest.raises(ValueError, match="needs 0 < ᾱ < 1 at every step"):
+        parse_steps("logsnr10", 100, alphas_cumprod=GaussianDiffusion(betas).alphas_cumprod)
+    # the other formats do not need it
+    assert len(parse_steps("trailing10", 100)) == 10
+
+
+@pytest.mark.parametrize("steps", [[], [3, 1], [0, 2, 2], [-1, 4]])
+def test_format_steps_rejects_lists_that_are_not_increasing_steps(steps: list[int]) -> None:
+    with pytest.raises(ValueError, match="pass strictly increasing steps >= 0"):
+        format_steps(steps)
 
 
 # ---------------------------------------------------------------------- respace

@@ -12,7 +12,24 @@ Step specs (`parse_steps`), with T the base process's number of steps:
 - `"10,15,20"`: T is cut into as many equal sections as there are counts (the first
   T mod n sections get one extra step) and each section is spaced like `"K"` on its own.
 - `"ddimK"`: the integer stride i for which range(0, T, i) has exactly K elements
-  (DDIM's spacing; the first such i is used).
+  (DDIM's spacing; the first such i is used). It starts below the top: with the cosine
+  schedule at T = 1000, `"ddim10"` keeps 0, 100, …, 900 and starts where ᾱ ≈ 0.024, not at
+  noise (ᾱ_{T−1} ≈ 2.4e-9).
+- `"trailingK"`: K steps evenly spaced down from the top, T−1−⌊iT/K⌋ for i = 0 … K−1: it
+  always reaches T−1 and its lowest step is ⌈T/K⌉−1 (99 for `"trailing10"` of T = 1000);
+  the last transition then goes from there straight to the data (ᾱ = 1), as strided
+  processes always do. `"trailingT"` keeps every step.
+- `"logsnrK"`: K steps uniform in log-SNR log(ᾱ/(1−ᾱ)) between its values at steps 0 and
+  T−1: target i is mapped to the step of nearest log-SNR; where targets would share a step
+  (the ends of most schedules are sparse in log-SNR) a step moves up to the next free one,
+  but never past the room the remaining targets need, so 0 and T−1 are always kept. The
+  cosine schedule's clipped last β (log-SNR −12.9 at step 998 of T = 1000, −19.8 at 999:
+  23% of its range in one step) sends over a quarter of the targets past step 997; they
+  take the highest steps left, one each (`"logsnr50"` keeps 978 … 999). Needs the
+  schedule's ᾱ (`parse_steps(..., alphas_cumprod=...)`; `spaced_model` passes it).
+- `"at:0,5,17,999"`: exactly these steps (strictly increasing integers in [0, T)), e.g. a
+  bound-optimal schedule; `format_steps(kept)` writes a list in this syntax, and
+  `parse_steps(format_steps(kept), T) == kept`.
 """
 
 from __future__ import annotations
@@ -27,7 +44,11 @@ from iddpm.diffusion.gaussian import GaussianDiffusion
 
 ModelFn = Callable[..., torch.Tensor]
 
-_FORMATS = "use a count like '50', section counts like '10,15,20', or 'ddim50'"
+_FORMATS = (
+    "use a count like '50', section counts like '10,15,20', 'ddim50', 'trailing50', "
+    "'logsnr50', or a list of steps like 'at:0,10,999'"
+)
+EXPLICIT_PREFIX = "at:"
 
 
 def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
@@ -103,6 +124,37 @@ def _ddim_steps(count: int, num_timesteps: int) -> list[int]:
     raise AssertionError("unreachable: stride T always gives one step")
 
 
+def _trailing_steps(count: int, num_timesteps: int) -> list[int]:
+    """K steps evenly spaced down from the top: T−1−⌊iT/K⌋, i = 0 … K−1, sorted."""
+    return sorted(num_timesteps - 1 - (i * num_timesteps) // count for i in range(count))
+
+
+def _logsnr_steps(count: int, alphas_cumprod: torch.Tensor, spec: str) -> list[int]:
+    """K steps uniform in log-SNR between steps 0 and T−1 (module docstring), sorted."""
+    abar = alphas_cumprod.detach().to(device="cpu", dtype=torch.float64)
+    logsnr = torch.log(abar) - torch.log1p(-abar)  # strictly decreasing in t
+    if not bool(torch.isfinite(logsnr).all()):
+        raise ValueError(
+            f"step spec {spec!r} needs 0 < ᾱ < 1 at every step for a finite log-SNR; "
+            "use an even spacing like 'trailing50' for this schedule"
+        )
+    T = abar.numel()
+    if count == 1:
+        return [0]
+    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), count, dtype=torch.float64)
+    # nearest step: the insertion point in the increasing −logsnr and its left neighbour
+    right = torch.searchsorted(-logsnr, -targets).clamp(1, T - 1)
+    left = right - 1
+    closer_left = (logsnr[left] - targets).abs() <= (logsnr[right] - targets).abs()
+    nearest = torch.where(closer_left, left, right).tolist()
+    kept: list[int] = []
+    for i, step in enumerate(nearest):
+        # next free step above the last one, leaving room for the count − 1 − i still to place
+        floor = kept[-1] + 1 if kept else 0
+        kept.append(min(max(step, floor), T - count + i))
+    return kept
+
+
 def _parse_count(token: str, spec: str) -> int:
     try:
         return int(token)
@@ -112,12 +164,68 @@ def _parse_count(token: str, spec: str) -> int:
         ) from None
 
 
-def parse_steps(spec: str | None, num_timesteps: int) -> list[int]:
+def _check_count(count: int, prefix: str, spec: str, num_timesteps: int) -> None:
+    if count < 1:
+        raise ValueError(f"step spec {spec!r} asks for {count} steps; use '{prefix}K' with K >= 1")
+    if count > num_timesteps:
+        raise ValueError(
+            f"step spec {spec!r} asks for {count} steps but the process has only "
+            f"{num_timesteps}; use at most '{prefix}{num_timesteps}'"
+        )
+
+
+def _explicit_steps(spec: str, num_timesteps: int) -> list[int]:
+    """The steps of an `"at:s0,s1,..."` spec, checked: integers, in range, increasing."""
+    body = spec.strip()[len(EXPLICIT_PREFIX) :]
+    if body.strip() == "":
+        raise ValueError(f"step spec {spec!r} lists no steps; list them like 'at:0,10,999'")
+    kept = []
+    for token in body.split(","):
+        try:
+            kept.append(int(token))
+        except ValueError:
+            raise ValueError(
+                f"step spec {spec!r} has a non-integer step {token.strip()!r}; "
+                "list integers like 'at:0,10,999'"
+            ) from None
+    for step in kept:
+        if not 0 <= step < num_timesteps:
+            raise ValueError(
+                f"step spec {spec!r} has step {step} outside [0, {num_timesteps}); "
+                f"list steps from 0 to {num_timesteps - 1}"
+            )
+    for a, b in itertools.pairwise(kept):
+        if a == b:
+            raise ValueError(f"step spec {spec!r} repeats step {a}; list each step once")
+        if b < a:
+            raise ValueError(
+                f"step spec {spec!r} is not increasing ({a} before {b}); "
+                "list the steps in increasing order"
+            )
+    return kept
+
+
+def format_steps(steps: Sequence[int]) -> str:
+    """The `"at:..."` spec of a list of kept steps (strictly increasing ints >= 0); it parses
+    back to the same list."""
+    kept = [int(s) for s in steps]
+    if not kept or kept[0] < 0 or any(b <= a for a, b in itertools.pairwise(kept)):
+        raise ValueError(
+            f"cannot write steps {kept} as a spec; pass strictly increasing steps >= 0"
+        )
+    return EXPLICIT_PREFIX + ",".join(str(s) for s in kept)
+
+
+def parse_steps(
+    spec: str | None, num_timesteps: int, *, alphas_cumprod: torch.Tensor | None = None
+) -> list[int]:
     """Kept steps of a base process with `num_timesteps` steps, sorted, as a list of int.
 
-    spec: see the module docstring ("", "250", "10,15,20", "ddim50"). Raises one-line
-    ValueErrors for non-integer, zero or negative counts, counts larger than their
-    section, and unknown formats (P14, P15).
+    spec: see the module docstring ("", "250", "10,15,20", "ddim50", "trailing50",
+    "logsnr50", "at:0,10,999"); alphas_cumprod: the base schedule's ᾱ [T] (float64), needed
+    by "logsnrK" only. Raises one-line ValueErrors for non-integer, zero or negative counts,
+    counts larger than their section, bad explicit lists, a missing ᾱ and unknown formats
+    (P14, P15).
     """
     if not isinstance(num_timesteps, int) or num_timesteps < 1:
         raise ValueError(
@@ -126,18 +234,38 @@ def parse_steps(spec: str | None, num_timesteps: int) -> list[int]:
     if spec is None or spec.strip() == "":
         return list(range(num_timesteps))
     text = spec.strip()
-    if text.startswith("ddim"):
-        count = _parse_count(text[len("ddim") :], spec)
-        if count < 1:
-            raise ValueError(f"step spec {spec!r} asks for {count} steps; use 'ddimK' with K >= 1")
-        if count > num_timesteps:
-            raise ValueError(
-                f"step spec {spec!r} asks for {count} steps but the process has only "
-                f"{num_timesteps}; use at most 'ddim{num_timesteps}'"
-            )
-        return _ddim_steps(count, num_timesteps)
+    if text.startswith(EXPLICIT_PREFIX):
+        return _explicit_steps(spec, num_timesteps)
+    for prefix in ("ddim", "trailing", "logsnr"):
+        if text.startswith(prefix):
+            count = _parse_count(text[len(prefix) :], spec)
+            _check_count(count, prefix, spec, num_timesteps)
+            if prefix == "ddim":
+                return _ddim_steps(count, num_timesteps)
+            if prefix == "trailing":
+                return _trailing_steps(count, num_timesteps)
+            return _logsnr_steps(count, _need_abar(alphas_cumprod, spec, num_timesteps), spec)
     if not text[0].isdigit() and text[0] not in "+-":
         raise ValueError(f"unknown step spec {spec!r}; {_FORMATS}")
+    return _section_steps(text, spec, num_timesteps)
+
+
+def _need_abar(alphas_cumprod: torch.Tensor | None, spec: str, num_timesteps: int) -> torch.Tensor:
+    if alphas_cumprod is None:
+        raise ValueError(
+            f"step spec {spec!r} needs the schedule's alphas_cumprod; pass "
+            "parse_steps(..., alphas_cumprod=diffusion.alphas_cumprod) (spaced_model does)"
+        )
+    if tuple(alphas_cumprod.shape) != (num_timesteps,):
+        raise ValueError(
+            f"alphas_cumprod has shape {tuple(alphas_cumprod.shape)} but the process has "
+            f"{num_timesteps} steps; pass the base diffusion's alphas_cumprod"
+        )
+    return alphas_cumprod
+
+
+def _section_steps(text: str, spec: str, num_timesteps: int) -> list[int]:
+    """Steps of a count or section-counts spec ("250", "10,15,20")."""
     counts = [_parse_count(tok, spec) for tok in text.split(",")]
     if len(counts) > num_timesteps:
         raise ValueError(
@@ -216,6 +344,9 @@ def spaced_model(
     multiplies them by 1000/T_base (the range the network saw in training).
     """
     T = diffusion.num_timesteps
-    kept = parse_steps(steps, T) if steps is None or isinstance(steps, str) else list(steps)
+    if steps is None or isinstance(steps, str):
+        kept = parse_steps(steps, T, alphas_cumprod=diffusion.alphas_cumprod)
+    else:
+        kept = list(steps)
     spaced, timestep_map = respace(diffusion, kept)
     return spaced, ModelAdapter(model, timestep_map, timestep_scale(T, rescale_timesteps))
