@@ -13,7 +13,7 @@ from iddpm.checkpoint import load_for_inference, resolve_checkpoint
 from iddpm.config import DiffusionConfig, ExperimentConfig, UNetConfig
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
-from iddpm.diffusion.respace import ModelAdapter, spaced_model
+from iddpm.diffusion.respace import ModelAdapter, parse_steps, spaced_model
 from iddpm.diffusion.timestep_sampler import LossSecondMomentSampler, UniformSampler
 from iddpm.model.unet import UNet
 
@@ -35,6 +35,14 @@ def build_timestep_sampler(cfg: DiffusionConfig) -> UniformSampler | LossSecondM
     if cfg.timestep_sampler == "importance":
         return LossSecondMomentSampler(cfg.num_timesteps)
     return UniformSampler(cfg.num_timesteps)
+
+
+def kept_steps(cfg: DiffusionConfig, steps: str | None) -> list[int]:
+    """The base steps a step spec keeps for this process (every spec form, including
+    those that need the schedule, such as "logsnr50"). Raises one-line ValueErrors."""
+    return parse_steps(
+        steps or None, cfg.num_timesteps, alphas_cumprod=build_diffusion(cfg).alphas_cumprod
+    )
 
 
 def spaced(

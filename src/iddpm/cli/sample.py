@@ -13,7 +13,9 @@ from iddpm.config import SampleConfig
 from iddpm.workflows.sample import SampleJob, sample_to_files
 
 STEPS_HELP = (
-    'step spec: "250" (even), "ddim50", "10,15,20" (sections); empty = all T steps (the full chain)'
+    'step spec: "50" (even, the reference\'s), "trailing50" (reaches T-1), "logsnr50" '
+    '(uniform in log-SNR), "ddim50", "10,15,20" (sections), "at:0,9,99,999" (these steps); '
+    "empty = all T steps (the full chain)"
 )
 
 

@@ -18,10 +18,9 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json
-from iddpm.build import load_model
+from iddpm.build import kept_steps, load_model
 from iddpm.config import EvalConfig, ExperimentConfig, SampleConfig
 from iddpm.diffusion import registry
-from iddpm.diffusion.respace import parse_steps
 from iddpm.presets import get_preset
 from iddpm.workflows.demo_report import write_demo_report
 from iddpm.workflows.nll import bits_per_dim_of
@@ -69,7 +68,7 @@ def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if job.nll_images < 0:
         raise ValueError(f"--nll-images must be >= 0 (0: all test images), got {job.nll_images}")
-    parse_steps(job.sample_steps, cfg.diffusion.num_timesteps)
+    kept_steps(cfg.diffusion, job.sample_steps)
     registry.make_options(job.sampler, job.sampler_options)
     check_new_run(job.run_dir)
 

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json
-from iddpm.build import LoadedModel, load_model
+from iddpm.build import LoadedModel, kept_steps, load_model
 from iddpm.config import SampleConfig
 from iddpm.diffusion import registry
-from iddpm.diffusion.respace import parse_steps
 from iddpm.generate import Samples, sample_images, save_npz
 from iddpm.workflows import runtime
 from iddpm.workflows.plots import save_image_grid
@@ -50,7 +49,7 @@ def sampler_cli_options() -> dict[str, tuple[type, str, tuple[str, ...]]]:
 
 def num_steps(loaded: LoadedModel, spec: str) -> int:
     """The number of steps K (= network calls) of step spec `spec`; checks the spec."""
-    return len(parse_steps(spec or None, loaded.config.diffusion.num_timesteps))
+    return len(kept_steps(loaded.config.diffusion, spec))
 
 
 def check_sampling(loaded: LoadedModel, cfg: SampleConfig) -> int:
