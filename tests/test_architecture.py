@@ -79,6 +79,7 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.likelihood",
         "diffusion.likelihood_mc",
         "diffusion.respace",
+        "diffusion.samplers",
         "build",
         "checkpoint",
         "distributed",
