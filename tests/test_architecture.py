@@ -33,8 +33,15 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion.timestep_sampler": {"_tensor"},
     "diffusion.respace": {"_tensor", "diffusion.schedules", "diffusion.gaussian"},
     "diffusion.samplers": {"_tensor", "diffusion.gaussian", "diffusion.respace"},
+    "diffusion.analytic": {
+        "_tensor",
+        "diffusion.gaussian",
+        "diffusion.likelihood",
+        "diffusion.samplers",
+    },
     "diffusion.registry": {
         "_tensor",
+        "diffusion.analytic",
         "diffusion.gaussian",
         "diffusion.respace",
         "diffusion.samplers",

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from iddpm.diffusion import analytic
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, run_to_end
 
@@ -185,3 +186,10 @@ register(
     "the paper's sampler: x_{t-1} ~ N(mu_theta, Sigma_theta) (fixed or learned Sigma)",
 )
 register("ddim", ddim_steps, DDIMOptions, "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)")
+register(
+    "analytic",
+    analytic.analytic_steps,
+    analytic.AnalyticOptions,
+    "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
+    from_data=analytic.options_from_data,
+)
