@@ -39,6 +39,13 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.likelihood",
         "diffusion.samplers",
     },
+    "diffusion.step_schedule": {
+        "_tensor",
+        "diffusion.analytic",
+        "diffusion.gaussian",
+        "diffusion.likelihood",
+        "diffusion.samplers",
+    },
     "diffusion.registry": {
         "_tensor",
         "diffusion.analytic",
