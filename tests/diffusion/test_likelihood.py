@@ -318,20 +318,21 @@ def _per_image_runs(model, d, x0, seed: int, plan) -> list[torch.Tensor]:
     return runs
 
 
-def test_bits_per_dim_per_image_does_not_depend_on_the_batch_size() -> None:
+def test_bits_per_dim_per_image_does_not_depend_on_the_batch_size(monkeypatch) -> None:
     # Issue 9: image i's noise at step t is a function of (seed, i, t) only. 64 images in
-    # batches of 64, 7 and 1 with different timestep batches; T = 70 crosses the noise
-    # blocks (NOISE_BLOCK = 64 steps) inside a call. The oracle computes elementwise, so
-    # everything is bitwise equal.
-    T = 70
-    d = _diffusion(T, var_type=VarType.LEARNED_RANGE)
+    # batches of 64, 7 and 1 with different timestep batches; blocks of 8 noise steps
+    # (instead of NOISE_BLOCK) are crossed inside calls. The oracle computes elementwise,
+    # so everything is bitwise equal.
+    from iddpm.diffusion import likelihood
+
+    monkeypatch.setattr(likelihood, "NOISE_BLOCK", 8)
+    d = _diffusion(20, var_type=VarType.LEARNED_RANGE)
     x0 = _grid_images(64, (1, 2, 2), seed=11)
-    whole, *parts = _per_image_runs(
-        gaussian_oracle(d, 0.1, 0.4), d, x0, 3, [(64, 70), (7, 16), (1, 3)]
-    )
+    model = gaussian_oracle(d, 0.1, 0.4)
+    whole, *parts = _per_image_runs(model, d, x0, 3, [(64, 20), (7, 6), (1, 7)])
     for part in parts:
         torch.testing.assert_close(part, whole, rtol=0, atol=0)
-    other = _per_image_runs(gaussian_oracle(d, 0.1, 0.4), d, x0[:7], 4, [(7, 16)])[0]
+    other = _per_image_runs(model, d, x0[:7], 4, [(7, 6)])[0]
     assert not torch.equal(other, whole[:7])  # the seed matters
 
 
