@@ -157,3 +157,21 @@ def random_run(tmp_path):
     cfg = tiny_experiment()
     save_random_run(tmp_path / "run", cfg)
     return tmp_path / "run", cfg
+
+
+class PixelwiseModel(torch.nn.Module):
+    """A stand-in network that computes elementwise (2C output channels: ε-like and
+    learned-range v), so its results for one image are bitwise the same in any batch."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **_: object) -> torch.Tensor:
+        s = t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) / 1000.0
+        return torch.cat([0.3 * x + 0.1 * s, 0.5 * torch.tanh(x) - 0.2], dim=1)
+
+
+def pixelwise_loaded_model(num_timesteps: int = 20):
+    """A `LoadedModel` of the tiny digits config whose network is `PixelwiseModel`."""
+    from pathlib import Path
+
+    from iddpm.build import LoadedModel
+
+    return LoadedModel(tiny_experiment(num_timesteps), PixelwiseModel(), Path("pixelwise"))

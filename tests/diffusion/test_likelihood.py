@@ -283,6 +283,82 @@ def test_bits_per_dim_noise_for_step_t_is_the_t_th_draw() -> None:
         torch.testing.assert_close(r.vb_bpd[:, t], vb)
 
 
+def _tiny_unet_fn():
+    """A very small random UNet (1×8×8, learned-range output) as model_fn."""
+    from iddpm.config import UNetConfig
+    from iddpm.model.unet import UNet
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(
+        image_size=8, in_channels=1, out_channels=2, model_channels=8, num_res_blocks=1,
+        attention_resolutions=(), channel_mult=(1,), num_heads=1, num_groups=4,
+    )  # fmt: skip
+    net = UNet(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-initialised output layers too
+            p.add_(0.05 * torch.randn(p.shape))
+    return lambda x_t, t, **kw: net(x_t.float(), t, **kw)
+
+
+def _per_image_runs(model, d, x0, seed: int, plan) -> list[torch.Tensor]:
+    """[N, 1 + 2T] (total, vb terms, mse) per image for each (batch, timestep_batch) of
+    `plan`, image i always with the generator of (seed, i)."""
+    from iddpm.diffusion.samplers import per_sample_generators
+
+    runs = []
+    for batch, timestep_batch in plan:
+        out = []
+        for lo in range(0, len(x0), batch):
+            gens = per_sample_generators(seed, range(lo, min(lo + batch, len(x0))))
+            r = bits_per_dim(
+                model, d, x0[lo : lo + batch], timestep_batch=timestep_batch, generator=gens
+            )
+            out.append(torch.cat([r.total_bpd[:, None], r.vb_bpd, r.mse], dim=1))
+        runs.append(torch.cat(out))
+    return runs
+
+
+def test_bits_per_dim_per_image_does_not_depend_on_the_batch_size(monkeypatch) -> None:
+    # Issue 9: image i's noise at step t is a function of (seed, i, t) only. 64 images in
+    # batches of 64, 7 and 1 with different timestep batches; blocks of 8 noise steps
+    # (instead of NOISE_BLOCK) are crossed inside calls. The oracle computes elementwise,
+    # so everything is bitwise equal.
+    from iddpm.diffusion import likelihood
+
+    monkeypatch.setattr(likelihood, "NOISE_BLOCK", 8)
+    d = _diffusion(20, var_type=VarType.LEARNED_RANGE)
+    x0 = _grid_images(64, (1, 2, 2), seed=11)
+    model = gaussian_oracle(d, 0.1, 0.4)
+    whole, *parts = _per_image_runs(model, d, x0, 3, [(64, 20), (7, 6), (1, 7)])
+    for part in parts:
+        torch.testing.assert_close(part, whole, rtol=0, atol=0)
+    other = _per_image_runs(model, d, x0[:7], 4, [(7, 6)])[0]
+    assert not torch.equal(other, whole[:7])  # the seed matters
+
+
+def test_bits_per_dim_of_a_network_agrees_across_batch_sizes_to_float32_rounding(
+    monkeypatch,
+) -> None:
+    # A float32 network's own arithmetic may round differently for another batch shape
+    # (matrix kernels differ), so here the agreement is to float32 resolution; with a
+    # batch-dependent noise rule the results would differ by O(1) bits.
+    from iddpm.diffusion import likelihood
+
+    monkeypatch.setattr(likelihood, "NOISE_BLOCK", 4)  # cross blocks at T = 10
+    d = _diffusion(10, var_type=VarType.LEARNED_RANGE)
+    x0 = _grid_images(14, (1, 8, 8), seed=12, dtype=torch.float32)
+    whole, part = _per_image_runs(_tiny_unet_fn(), d, x0, 3, [(14, 10), (7, 3)])
+    torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_bits_per_dim_wants_one_generator_per_image() -> None:
+    d = _diffusion(21, var_type=VarType.LEARNED)
+    x0 = _grid_images(3, (1, 2, 2), seed=9)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    with pytest.raises(ValueError, match="got 2 generators for 3 images; pass one generator"):
+        bits_per_dim(gaussian_oracle(d, 0.0, 0.5), d, x0, generator=gens)
+
+
 def test_bits_per_dim_tiles_per_image_model_kwargs() -> None:
     d = _diffusion(21, var_type=VarType.FIXED_SMALL)
     x0 = _grid_images(3, (1, 2, 2), seed=7)

@@ -83,3 +83,33 @@ def test_log_strata_start_with_single_steps_and_cover_every_step_once() -> None:
     for T, k in [(24, 5), (10, 10), (4000, 64), (7, 3)]:
         starts, sizes = _log_strata(T, k)
         assert len(sizes) == k and bool((sizes >= 1).all()) and int(sizes.sum()) == T
+
+
+@pytest.mark.parametrize("method", ["log-stratified", "importance"])
+def test_per_image_estimates_do_not_depend_on_the_batch_size(method: str) -> None:
+    # With one generator per image, image i's steps and noise come from (seed, i) alone.
+    from iddpm.diffusion.samplers import per_sample_generators
+
+    d = _learned_var_diffusion(40)
+    x0 = _grid_images(21, (1, 2, 2), seed=12)
+    model = gaussian_oracle(d, 0.0, 0.5)
+
+    def run(batch: int, timestep_batch: int) -> torch.Tensor:
+        out = []
+        for lo in range(0, 21, batch):
+            r = estimate_bits_per_dim(
+                model,
+                d,
+                x0[lo : lo + batch],
+                num_samples_per_image=6,
+                method=method,
+                generator=per_sample_generators(5, range(lo, min(lo + batch, 21))),
+                timestep_batch=timestep_batch,
+            )
+            out.append(torch.cat([r.total_bpd[:, None], r.timesteps.double(), r.terms_bpd], 1))
+        return torch.cat(out)
+
+    whole = run(21, 6)
+    for batch, tb in ((1, 1), (7, 4)):
+        torch.testing.assert_close(run(batch, tb), whole, rtol=0, atol=0)
+    assert whole[:, 1:7].std(0).max() > 0  # the steps differ between images

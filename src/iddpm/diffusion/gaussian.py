@@ -25,7 +25,12 @@ class MeanType(enum.Enum):
 
 
 class VarType(enum.Enum):
-    """How Σ_θ is obtained (P8). LEARNED* models output 2C channels."""
+    """How Σ_θ is obtained (P8). LEARNED* models output 2C channels.
+
+    A process built with `reverse_variance=` (see `GaussianDiffusion.with_reverse_variance`)
+    uses that per-step table instead; the variance type then only says how many channels
+    the model outputs (the variance channels of a LEARNED* model are ignored).
+    """
 
     FIXED_SMALL = "fixed-small"  # σ² = β̃_t
     FIXED_LARGE = "fixed-large"  # σ² = β_t (β̃_1 at the first step)
@@ -73,10 +78,28 @@ _TABLES = (
 )
 
 
+def _check_reverse_variance(variance: torch.Tensor | None, num_t: int) -> torch.Tensor | None:
+    """The [T] float64 CPU copy of a reverse-variance table, or a one-line ValueError."""
+    if variance is None:
+        return None
+    v = torch.as_tensor(variance, dtype=torch.float64).detach().cpu()
+    if v.shape != (num_t,):
+        raise ValueError(
+            f"the reverse-variance table has shape {tuple(v.shape)} but the process has "
+            f"{num_t} steps; re-estimate it for this step spacing"
+        )
+    if not bool((torch.isfinite(v) & (v > 0)).all()):
+        raise ValueError("reverse variances must be finite and > 0; re-estimate the table")
+    return v
+
+
 class GaussianDiffusion:
     """Holds the float64 [T] tables of one diffusion process and the math that reads them.
 
     betas: [T] (any float dtype; converted to float64), each in (0, 1].
+    reverse_variance: optional [T] table of σ_t² > 0 for p_θ(x_{t−1} | x_t), replacing the
+    variance that `var_type` gives (e.g. Analytic-DPM's estimate, `diffusion.analytic`);
+    index 0 is the decoder's. It belongs to these exact steps: respacing drops it.
     """
 
     def __init__(
@@ -84,6 +107,7 @@ class GaussianDiffusion:
         betas: torch.Tensor,
         mean_type: MeanType = MeanType.EPSILON,
         var_type: VarType = VarType.LEARNED_RANGE,
+        reverse_variance: torch.Tensor | None = None,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or betas.numel() < 1:
@@ -132,14 +156,25 @@ class GaussianDiffusion:
         # a better decoder log likelihood" (β_1 would make the decoder needlessly wide).
         self.fixed_large_variance = torch.cat([first, betas[1:]])
         self.log_betas = torch.log(betas)
+        self.reverse_variance = _check_reverse_variance(reverse_variance, self.num_timesteps)
         self._device_tables: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def with_reverse_variance(self, variance: torch.Tensor) -> GaussianDiffusion:
+        """This process (same β, mean and variance types) with σ_t² = variance[t] in every
+        reverse step. variance: [T] positive, finite; a table made for another step spacing
+        is a one-line ValueError."""
+        return GaussianDiffusion(self.betas, self.mean_type, self.var_type, variance)
 
     # ------------------------------------------------------------------ table access
     def tables_on(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The float64 tables on `device`, copied there once and cached."""
         device = torch.device(device)
         if device not in self._device_tables:
-            self._device_tables[device] = {k: getattr(self, k).to(device) for k in _TABLES}
+            tables = {k: getattr(self, k).to(device) for k in _TABLES}
+            if self.reverse_variance is not None:
+                tables["reverse_variance"] = self.reverse_variance.to(device)
+                tables["reverse_log_variance"] = torch.log(self.reverse_variance).to(device)
+            self._device_tables[device] = tables
         return self._device_tables[device]
 
     def _at(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -239,7 +274,13 @@ class GaussianDiffusion:
     def p_variance(
         self, var_out: torch.Tensor | None, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P8) Σ_θ(x_t, t) as (variance, log-variance), each like x_t."""
+        """(P8) Σ_θ(x_t, t) as (variance, log-variance), each like x_t.
+
+        With a `reverse_variance` table that table is used and `var_out` is ignored.
+        """
+        if self.reverse_variance is not None:
+            var = self._at("reverse_variance", t, x_t)
+            return var.expand_as(x_t), self._at("reverse_log_variance", t, x_t).expand_as(x_t)
         if self.var_type is VarType.LEARNED:
             assert var_out is not None
             return torch.exp(var_out), var_out

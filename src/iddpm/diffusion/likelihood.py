@@ -9,12 +9,21 @@ t = 0) and the prior term is L_T.
 timesteps per network call; `likelihood_mc.estimate_bits_per_dim` is an unbiased
 Monte-Carlo estimate of the same bound from K sampled steps per image (stratified or
 importance-sampled), with a standard error.
+
+Randomness (`generator=`, the `Generators` type): one generator per image (a sequence,
+e.g. `samplers.per_sample_generators(seed, global_indices)`) makes image i's noise at
+step t a function of (its generator's seed, t) alone, so per-image results do not depend
+on the batch an image is evaluated in, the number of ranks or `timestep_batch`. Image i's
+noise for steps [jB, jB + B) is its generator's j-th draw of shape [B, C, H, W]
+(B = NOISE_BLOCK, blocks in increasing order; one call per B steps keeps the cost of
+per-image streams small). A single generator for the whole batch is the older rule: step
+t's noise is its (t+1)-th draw of x0's shape, which depends on the batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +33,10 @@ from iddpm._tensor import check_same_shape, mean_flat
 from iddpm.diffusion.gaussian import GaussianDiffusion
 
 ModelFn = Callable[..., torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 LN2 = math.log(2.0)
+# Steps of one image's noise drawn per call of its own generator (see the module docstring).
+NOISE_BLOCK = 64
 # Probability floor of the decoder (the reference's 1e-12): caps one dimension's NLL at
 # −log(1e-12) ≈ 27.6 nats, so a hopeless decoder cannot produce inf or NaN gradients.
 PROB_FLOOR = 1e-12
@@ -178,6 +190,58 @@ def _draw(kind: str, shape: tuple[int, ...], like: torch.Tensor, generator: Any)
     return fn(shape, generator=generator, device=device, dtype=dtype).to(like.device)
 
 
+def per_image(generator: Generators, n: int) -> Sequence[torch.Generator] | None:
+    """The per-image generators in `generator`, or None for a single (or no) generator.
+    A sequence must hold one generator per image (one-line ValueError otherwise)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if len(gens) != n:
+        raise ValueError(
+            f"got {len(gens)} generators for {n} images; pass one generator per image "
+            "(see samplers.per_sample_generators) or a single generator"
+        )
+    return gens
+
+
+class StepNoise:
+    """Standard-normal noise of x0's shape for consecutive steps 0, 1, 2, … (module docstring).
+
+    `take(k)` returns the next k steps' noise as [k, N, C, H, W] in x0's dtype on x0's
+    device. With per-image generators the draws are made in blocks of NOISE_BLOCK steps,
+    so the result does not depend on how the steps are split into `take` calls.
+    """
+
+    def __init__(self, generator: Generators, like: torch.Tensor) -> None:
+        self._like = like
+        self._single = generator if isinstance(generator, torch.Generator) else None
+        self._gens = per_image(generator, like.shape[0])
+        self._block: torch.Tensor | None = None  # [N, B, C, H, W] of the current block
+        self._pos = NOISE_BLOCK
+
+    def _refill(self) -> None:
+        assert self._gens is not None
+        shape = (NOISE_BLOCK, *self._like.shape[1:])
+        dtype = self._like.dtype
+        rows = [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in self._gens]
+        self._block = torch.stack(rows).to(self._like.device)
+        self._pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        if self._gens is None:
+            shape = tuple(self._like.shape)
+            return torch.stack([_draw("normal", shape, self._like, self._single) for _ in range(k)])
+        parts = []
+        while k > 0:
+            if self._pos == NOISE_BLOCK:
+                self._refill()
+            assert self._block is not None
+            m = min(k, NOISE_BLOCK - self._pos)
+            parts.append(self._block[:, self._pos : self._pos + m])
+            self._pos, k = self._pos + m, k - m
+        return torch.cat(parts, dim=1).transpose(0, 1)
+
+
 def _repeat_kwargs(model_kwargs: dict[str, Any] | None, k: int, n: int) -> dict[str, Any]:
     """Tile per-example tensors (first dim n) k times to match the [k·N] replicated batch."""
     out: dict[str, Any] = {}
@@ -198,19 +262,18 @@ def _eval_columns(
     diffusion: GaussianDiffusion,
     x0: torch.Tensor,
     t_cols: torch.Tensor,
-    generator: torch.Generator | None,
+    noise: torch.Tensor,
     clip_denoised: bool,
     model_kwargs: dict[str, Any] | None,
     exact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Evaluate k timesteps per image with ONE network call on N·k inputs.
 
-    t_cols: [N, k] int64, column c holds each image's step. Column c uses the c-th
-    standard-normal draw of x0's shape from `generator`. Returns (vb bits, ε-MSE, x0-MSE),
-    each [N, k] float64.
+    t_cols: [N, k] int64, column c holds each image's step; noise: [k, N, C, H, W], row c
+    the noise of column c. Returns (vb bits, ε-MSE, x0-MSE), each [N, k] float64.
     """
     n, k = t_cols.shape
-    noise = torch.stack([_draw("normal", tuple(x0.shape), x0, generator) for _ in range(k)])
+    assert noise.shape == (k, *x0.shape), (tuple(noise.shape), k, tuple(x0.shape))
     x0_rep = x0.unsqueeze(0).expand(k, *x0.shape).reshape(k * n, *x0.shape[1:])
     t_flat = t_cols.t().reshape(-1)  # block c = all N images at column c
     noise = noise.reshape(k * n, *x0.shape[1:])
@@ -264,7 +327,7 @@ def bits_per_dim(
     clip_denoised: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     timestep_batch: int = 16,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: Callable[[int, int], None] | None = None,
     exact: bool = True,
 ) -> BpdResult:
@@ -274,12 +337,14 @@ def bits_per_dim(
     of *this* process (wrap respaced models in their adapter); per-image tensors in
     model_kwargs are tiled to the replicated batch. Steps are evaluated `timestep_batch`
     at a time: the N images are replicated k times with k different t, one call on N·k
-    inputs. The noise for step t is the (t+1)-th draw of x0's shape from `generator`
-    (steps in increasing order), so results do not depend on `timestep_batch`.
+    inputs. generator: one per image (image i's result then depends only on its own
+    generator) or one for the batch; the noise rule is in the module docstring, and in
+    both cases results do not depend on `timestep_batch`.
     `progress(done, T)` is called after each network call.
     """
     _check_inputs(diffusion, x0, timestep_batch)
     n, num_t = x0.shape[0], diffusion.num_timesteps
+    noise = StepNoise(generator, x0)
     vb, mse, x0_mse = (
         torch.empty(n, num_t, dtype=torch.float64, device=x0.device) for _ in range(3)
     )
@@ -287,7 +352,14 @@ def bits_per_dim(
         steps = torch.arange(start, min(start + timestep_batch, num_t), device=x0.device)
         t_cols = steps.unsqueeze(0).expand(n, -1)
         cols = _eval_columns(
-            model_fn, diffusion, x0, t_cols, generator, clip_denoised, model_kwargs, exact
+            model_fn,
+            diffusion,
+            x0,
+            t_cols,
+            noise.take(len(steps)),
+            clip_denoised,
+            model_kwargs,
+            exact,
         )
         for table, value in zip((vb, mse, x0_mse), cols):
             table[:, steps] = value

@@ -7,6 +7,10 @@ geometrically from 1 (so the first, largest terms are evaluated exactly: the dec
 alone carries ~20% of a digits model's bound), "importance" draws K iid steps from given
 probabilities.
 Units and the index convention are those of `likelihood` (code step t is the paper's t+1).
+
+Randomness: with one generator per image (see `likelihood`'s module docstring), image i's
+K steps are drawn from its own generator first, then its K noise draws as one draw of
+shape [K, C, H, W]; its estimate is then a function of that generator alone.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import torch
 
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.likelihood import (
+    Generators,
     ModelFn,
+    StepNoise,
     _check_inputs,
     _draw,
     _eval_columns,
+    per_image,
     prior_bits,
 )
 
@@ -114,7 +121,8 @@ def _sample_steps(
     like: torch.Tensor,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(timesteps [N, K] int64, weights [N, K] float64) on x0's device."""
+    """(timesteps [N, K] int64, weights [N, K] float64) on x0's device, all from one
+    generator (n = 1 for one image's own generator)."""
     if method is not McMethod.IMPORTANCE:
         starts, sizes = (v.to(like.device) for v in _strata_for(method, num_t, k))
         u = _draw("uniform", (n, k), like, generator)
@@ -126,6 +134,31 @@ def _sample_steps(
     )
     t = flat.reshape(n, k).to(like.device)
     return t, 1.0 / (k * p.to(like.device)[t])
+
+
+def _draws(
+    method: McMethod,
+    num_t: int,
+    k: int,
+    probs: torch.Tensor | None,
+    x0: torch.Tensor,
+    generator: Generators,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps [N, K], weights [N, K] and noise [K, N, C, H, W] under the module's rule."""
+    n = x0.shape[0]
+    gens = per_image(generator, n)
+    if gens is None:  # one generator for the batch: all steps first, then column by column
+        single = generator if isinstance(generator, torch.Generator) else None
+        t, w = _sample_steps(method, num_t, n, k, probs, x0, single)
+        return t, w, StepNoise(single, x0).take(k)
+    drawn = [_sample_steps(method, num_t, 1, k, probs, x0, g) for g in gens]
+    shape = (k, *x0.shape[1:])
+    noise = [torch.randn(shape, generator=g, device=g.device, dtype=x0.dtype) for g in gens]
+    return (
+        torch.cat([d[0] for d in drawn]),
+        torch.cat([d[1] for d in drawn]),
+        torch.stack(noise, dim=1).to(x0.device),
+    )
 
 
 def _check_probs(probs: torch.Tensor | None, num_t: int) -> torch.Tensor | None:
@@ -149,7 +182,7 @@ def estimate_bits_per_dim(
     num_samples_per_image: int,
     method: McMethod | str = McMethod.STRATIFIED,
     probs: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     timestep_batch: int = 16,
@@ -163,9 +196,10 @@ def estimate_bits_per_dim(
     does the same with strata growing geometrically from size 1 (`_log_strata`), which
     follows the bound's terms (largest at small t) and has far less variance; "importance"
     draws K iid steps from `probs` ([T], positive, default uniform) with weights 1/(K·p_t).
-    E over steps and noise equals E over noise of `bits_per_dim`. Draw order from
-    `generator`: all steps first, then one noise draw of x0's shape per column k.
-    Other arguments as in `bits_per_dim`; K network evaluations per image.
+    E over steps and noise equals E over noise of `bits_per_dim`. generator: one per
+    image (module docstring) or one for the batch (all steps first, then one noise draw
+    of x0's shape per column k). Other arguments as in `bits_per_dim`; K network
+    evaluations per image.
     """
     _check_inputs(diffusion, x0, timestep_batch)
     num_t, n, k = diffusion.num_timesteps, x0.shape[0], num_samples_per_image
@@ -183,12 +217,12 @@ def estimate_bits_per_dim(
     p = _check_probs(probs, num_t)
     if p is not None and method is not McMethod.IMPORTANCE:
         raise ValueError("probs only applies to method='importance'; drop it or switch method")
-    t, weights = _sample_steps(method, num_t, n, k, p, x0, generator)
+    t, weights, noise = _draws(method, num_t, k, p, x0, generator)
     terms = torch.empty(n, k, dtype=torch.float64, device=x0.device)
     for start in range(0, k, timestep_batch):
         cols = slice(start, min(start + timestep_batch, k))
         terms[:, cols] = _eval_columns(
-            model_fn, diffusion, x0, t[:, cols], generator, clip_denoised, model_kwargs, exact
+            model_fn, diffusion, x0, t[:, cols], noise[cols], clip_denoised, model_kwargs, exact
         )[0]
     prior = prior_bits(diffusion, x0).to(torch.float64)
     total = prior + (weights * terms).sum(dim=1)

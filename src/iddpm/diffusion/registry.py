@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from iddpm.diffusion import analytic
 from iddpm.diffusion.dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, run_to_end
@@ -197,4 +198,11 @@ register(
     dpmpp_3m_steps,
     NoOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
+)
+register(
+    "analytic",
+    analytic.analytic_steps,
+    analytic.AnalyticOptions,
+    "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
+    from_data=analytic.options_from_data,
 )

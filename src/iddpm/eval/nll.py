@@ -2,7 +2,9 @@
 
 Every term of PAPER.md P10 is included: the decoder L_0, the KL terms L_1…L_{T−1} and the
 prior L_T. Images are split across ranks in contiguous blocks and the per-image results are
-gathered, so the mean and its standard error are over the whole data set.
+gathered, so the mean and its standard error are over the whole data set. Image i's noise
+(and Monte-Carlo steps) come from its own generator, seeded from (cfg.seed, i) with i its
+index in `images`, so per-image results do not depend on the batch size or rank count.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from iddpm.build import LoadedModel, spaced
 from iddpm.config import EvalConfig
 from iddpm.diffusion.likelihood import bits_per_dim
 from iddpm.diffusion.likelihood_mc import estimate_bits_per_dim
+from iddpm.diffusion.samplers import per_sample_generators
 
 
 @dataclass
@@ -79,7 +82,8 @@ def evaluate_nll(
         kwargs = {}
         if loaded.config.model.num_classes is not None:
             kwargs["y"] = torch.as_tensor(labels[lo:hi], device=device)
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + lo)
+        # CPU generators: the noise, like the result, is the same whatever the device.
+        gen = per_sample_generators(cfg.seed, range(lo, hi))
         with torch.no_grad():
             if cfg.mc_timesteps:
                 res = estimate_bits_per_dim(
