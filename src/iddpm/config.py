@@ -19,6 +19,8 @@ LOSSES = ("hybrid", "simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MC_METHODS = ("log-stratified", "stratified", "importance")
+# The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
+EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
 
 T = TypeVar("T")
 
@@ -326,7 +328,9 @@ class EvalConfig(_Serializable):
     """Bits/dim evaluation. `data`: a data SPEC, or "" for the data the model trained on;
     `timestep_batch`: timesteps evaluated per network call for each image; `mc_timesteps`
     > 0 switches to the unbiased Monte-Carlo estimate of the bound, drawn with `mc_method`
-    (see diffusion/likelihood_mc.py); `use_ema`: evaluate the slowest EMA's weights."""
+    (see diffusion/likelihood_mc.py); `use_ema`: evaluate the slowest EMA's weights;
+    `sigma`: the reverse variance of the bound (EVAL_SIGMAS: "model" is the model's own,
+    "analytic" Analytic-DPM's from its ε statistics, or β̃ / β for any model)."""
 
     data: str = ""
     split: str = "test"
@@ -338,9 +342,11 @@ class EvalConfig(_Serializable):
     mc_method: str = "log-stratified"
     use_ema: bool = True
     seed: int = 0
+    sigma: str = "model"
 
     def __post_init__(self) -> None:
         _choice("split", self.split, ("train", "test"))
+        _choice("reverse variance (--sigma)", self.sigma, EVAL_SIGMAS)
         _choice("Monte-Carlo method", self.mc_method, MC_METHODS)
         _positive("num_images", self.num_images, allow_zero=True)
         _positive("batch_size", self.batch_size)

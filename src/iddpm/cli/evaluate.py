@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.config import MC_METHODS, EvalConfig
+from iddpm.cli.options import pop_stats_config, stats_options
+from iddpm.config import EVAL_SIGMAS, MC_METHODS, EvalConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES, FidJob, fid_of_files
 
@@ -57,16 +58,26 @@ POSITIVE = click.IntRange(min=1)
     show_default=True,
     help="seed of the forward-process noise",
 )
+@click.option(
+    "--sigma",
+    type=click.Choice(EVAL_SIGMAS),
+    default="model",
+    show_default=True,
+    help="reverse variance of the bound: the model's own, Analytic-DPM's optimum "
+    "(estimated from training images, cached in the run), or fixed beta-tilde / beta",
+)
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
+@stats_options
 @job_command
 def nll(
     checkpoint: Path, out_dir: Path | None, ema: bool, device: Any, progress: Any, **fields: Any
 ) -> dict[str, Any]:
     """Bits/dim of a data set under the variational bound of CHECKPOINT (all T terms:
     decoder, KL terms, prior). Writes per-term CSV and a plot; last line is JSON."""
+    stats = pop_stats_config(fields)
     cfg = EvalConfig(use_ema=ema, **fields)
-    return nll_to_files(NllJob(checkpoint, cfg, out_dir), device, progress)
+    return nll_to_files(NllJob(checkpoint, cfg, out_dir, stats), device, progress)
 
 
 @click.command()

@@ -24,6 +24,7 @@ from iddpm.config import (
     UNetConfig,
 )
 from iddpm.workflows.sample import sampler_cli_options, sampler_names
+from iddpm.workflows.statistics import StatsConfig
 
 # Flag names that differ from the field name (DESIGN.md §4).
 RENAMES = {"num_timesteps": "diffusion-steps", "var_type": "sigma"}
@@ -209,3 +210,27 @@ def pop_sampler_options(values: dict[str, Any]) -> dict[str, Any]:
     keys = [k for k in values if k.startswith(SAMPLER_PREFIX)]
     given = {k[len(SAMPLER_PREFIX) :]: values.pop(k) for k in keys}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def stats_options(func: Callable) -> Callable:
+    """--stats-data and --stats-images: the training images that statistics estimated from
+    the model (Analytic-DPM's Γ) come from."""
+    func = click.option(
+        "--stats-images",
+        type=int,
+        default=1000,
+        show_default=True,
+        help="training images for statistics that samplers/bounds estimate (analytic)",
+    )(func)
+    return click.option(
+        "--stats-data",
+        default="",
+        help="data SPEC of those images (default: the data the model trained on)",
+    )(func)
+
+
+def pop_stats_config(values: dict[str, Any], seed: int = 0) -> StatsConfig:
+    """The StatsConfig of the --stats-* flags, removed from `values`."""
+    return StatsConfig(
+        data=values.pop("stats_data"), num_images=values.pop("stats_images"), seed=seed
+    )

@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import pop_sampler_options, sampler_choice, sampler_options
+from iddpm.cli.options import (
+    pop_sampler_options,
+    pop_stats_config,
+    sampler_choice,
+    sampler_options,
+    stats_options,
+)
 from iddpm.config import SampleConfig
 from iddpm.workflows.sample import SampleJob, sample_to_files
 
@@ -44,6 +50,7 @@ STEPS_HELP = (
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip x0 to [-1, 1]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output .npz")
 @click.option("--grid", type=click.Path(path_type=Path), default=None, help="output PNG grid")
+@stats_options
 @job_command
 def sample(
     checkpoint: Path,
@@ -77,4 +84,5 @@ def sample(
         seed=seed,
         class_label=class_label,
     )
-    return sample_to_files(SampleJob(checkpoint, cfg, out, grid), device, progress)
+    stats = pop_stats_config(values)
+    return sample_to_files(SampleJob(checkpoint, cfg, out, grid, stats), device, progress)

@@ -69,9 +69,13 @@ def evaluate_nll(
     cfg: EvalConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    reverse_variance: torch.Tensor | None = None,
 ) -> NllResult:
-    """Bits/dim of uint8 NHWC `images` under the model's bound (strided by `cfg.steps`)."""
+    """Bits/dim of uint8 NHWC `images` under the model's bound (strided by `cfg.steps`);
+    `reverse_variance` [K] replaces the model's reverse variance (e.g. Analytic-DPM's)."""
     diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, cfg.steps)
+    if reverse_variance is not None:
+        diffusion = diffusion.with_reverse_variance(reverse_variance)
     if loaded.config.model.num_classes is not None and labels is None:
         raise ValueError("the model is class-conditional but the data has no labels")
     mine = distributed.rank_block(len(images), distributed.rank(), distributed.world_size())

@@ -4,7 +4,7 @@ and the sweep share (`bits_per_dim_of`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,19 @@ from iddpm.workflows.plots import plot_bound_terms
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
 from iddpm.workflows.sample import num_steps
+from iddpm.workflows.statistics import StatsConfig, reverse_variance
 
 
 @dataclass(frozen=True)
 class NllJob:
     """Bits/dim of `eval.data` (empty: the model's training data) under `checkpoint`;
-    outputs go to `out_dir` (default RUN/eval)."""
+    outputs go to `out_dir` (default RUN/eval); `stats`: the training images that
+    `--sigma analytic` estimates its statistics from."""
 
     checkpoint: Path
     eval: EvalConfig
     out_dir: Path | None = None
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
 
 def bits_per_dim_of(
@@ -38,19 +41,26 @@ def bits_per_dim_of(
     device: torch.device | str,
     progress: Progress = silent,
     desc: str = "bits/dim",
+    stats: StatsConfig | None = None,
 ) -> NllResult:
     """The bound (exact, or the Monte-Carlo estimate with cfg.mc_timesteps) of the first
-    cfg.num_images images (0: all) of cfg.data's cfg.split, checked against the model."""
+    cfg.num_images images (0: all) of cfg.data's cfg.split, checked against the model,
+    with the reverse variance cfg.sigma."""
     num_steps(loaded, cfg.steps)  # the step spec, before loading any data
     ds = data_for_model(loaded.config, cfg.data or None, cfg.split, cfg.num_images)
+    table = reverse_variance(loaded, cfg.steps, cfg.sigma, device, stats, progress)
     with progress(desc, len(ds), "img") as bar:
-        return evaluate_nll(loaded, ds.images, ds.labels, cfg, device, progress=bar.update)
+        return evaluate_nll(
+            loaded, ds.images, ds.labels, cfg, device, progress=bar.update, reverse_variance=table
+        )
 
 
 def tag(cfg: EvalConfig, num_timesteps: int) -> str:
     """File-name tag of an evaluation: split, step spec, Monte-Carlo size."""
     spec = (cfg.steps or str(num_timesteps)).replace(",", "-").replace(":", "")
-    return f"nll_{cfg.split}_{spec}" + (f"_mc{cfg.mc_timesteps}" if cfg.mc_timesteps else "")
+    sigma = "" if cfg.sigma == "model" else f"_{cfg.sigma}"
+    mc = f"_mc{cfg.mc_timesteps}" if cfg.mc_timesteps else ""
+    return f"nll_{cfg.split}_{spec}{sigma}{mc}"
 
 
 def nll_to_files(
@@ -65,12 +75,13 @@ def nll_to_files(
     check_writable_dir(out_dir, "--out-dir")
     name = tag(cfg, T)
     start = time.perf_counter()
-    result = bits_per_dim_of(loaded, cfg, device, progress, f"bits/dim ({name})")
+    result = bits_per_dim_of(loaded, cfg, device, progress, f"bits/dim ({name})", job.stats)
     summary: dict[str, Any] = {
         **result.summary(),
         "data": cfg.data or loaded.config.train.data,
         "split": cfg.split,
         "steps": cfg.steps or str(T),
+        "sigma": cfg.sigma,
         "seconds": round(time.perf_counter() - start, 3),
         "checkpoint": str(loaded.checkpoint),
     }

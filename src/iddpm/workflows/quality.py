@@ -1,6 +1,12 @@
-"""Sample quality against a reference, written once: reference statistics, scoring a set of
-images (FID, classifier confidence on the digits), the `iddpm fid` job, and "sample with
-sampler S at K steps and score it" for sweeps and the demo."""
+"""Sample quality against a reference, written once: reference features and statistics,
+scoring a set of images (FID, improved precision and recall with k = 3, classifier
+confidence on the digits), the `iddpm fid` job, and "sample with sampler S at K steps and
+score it" for sweeps and the demo.
+
+Features are computed once per image set, sharded across ranks and gathered; the FID
+statistics are summed from them, and precision/recall use them directly (on at most
+PR_MAX_FEATURES of each set: the metric's cost grows with the square of the set size).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +17,56 @@ from typing import Any
 import numpy as np
 import torch
 
+from iddpm import distributed
 from iddpm._io import write_json
 from iddpm.build import LoadedModel
 from iddpm.config import SampleConfig
 from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
 from iddpm.eval.features import classifier_confidence, get_extractor
-from iddpm.eval.fid import FeatureExtractor, FeatureStats, compute_stats, fid_from_stats
+from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
+from iddpm.eval.precision_recall import precision_recall
 from iddpm.workflows import runtime
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_output_file
 from iddpm.workflows.sample import draw, write_samples
+from iddpm.workflows.statistics import StatsConfig
 
 FEATURES = ("digits", "inception")
+PR_K = 3  # neighbours of the improved precision/recall (Kynkäänniemi et al. 2019)
+PR_MAX_FEATURES = 10_000
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Feature statistics of the reference set (from images or a stats .npz) and where
-    they came from."""
+    """Feature statistics of the reference set, its features when it came from images
+    (None for a stats .npz: no precision/recall then), and where it came from."""
 
     stats: FeatureStats
     source: str
+    features: np.ndarray | None = None
+
+
+def image_features(
+    extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, FeatureStats]:
+    """Features [N, D] of uint8 images [N, H, W, C] (each rank extracts its contiguous
+    block, then they are gathered in order) and their FID statistics."""
+    mine = distributed.rank_block(len(images), distributed.rank(), distributed.world_size())
+    parts = [
+        np.asarray(extractor(images[lo : min(lo + batch_size, mine.stop)]), np.float64)
+        for lo in range(mine.start, mine.stop, batch_size)
+    ]
+    local = np.concatenate(parts) if parts else np.zeros((0, extractor.dim))
+    stats = FeatureStats(dim=extractor.dim, extractor=extractor.name)
+    if len(local):
+        stats.add(local)
+    stats = stats.all_reduce()
+    if distributed.world_size() == 1:
+        return local, stats
+    flat = torch.from_numpy(np.ascontiguousarray(local).reshape(-1)).to(distributed.device())
+    gathered = distributed.all_gather_1d(flat).cpu().numpy().reshape(-1, extractor.dim)
+    return gathered, stats
 
 
 def extractor_for(features: str, device: torch.device | str) -> FeatureExtractor:
@@ -68,19 +102,26 @@ def reference(
             )
         return Reference(stats, ref)
     images = load_dataset(ref, split).images
-    return Reference(compute_stats(extractor, images, batch_size, shard_across_ranks=True), ref)
+    features, stats = image_features(extractor, images, batch_size)
+    return Reference(stats, ref, features[:PR_MAX_FEATURES])
 
 
 def score(
     images: np.ndarray, extractor: FeatureExtractor, ref: Reference, batch_size: int = 256
 ) -> dict[str, Any]:
-    """FID of uint8 images [N, H, W, C] against the reference; on the digits also the
-    classifier's confidence (share of samples with p ≥ 0.9 and friends)."""
-    stats = compute_stats(extractor, images, batch_size, shard_across_ranks=True)
+    """FID of uint8 images [N, H, W, C] against the reference; precision and recall (k = 3)
+    when the reference has features and both sets have more than k images; on the digits
+    also the classifier's confidence (share of samples with p ≥ 0.9 and friends)."""
+    features, stats = image_features(extractor, images, batch_size)
     out: dict[str, Any] = {
         "fid": fid_from_stats(stats, ref.stats),
         "num_samples": int(stats.count),
+        "precision": None,
+        "recall": None,
     }
+    if ref.features is not None and min(len(ref.features), len(features)) > PR_K:
+        pr = precision_recall(ref.features, features[:PR_MAX_FEATURES], k=PR_K)
+        out.update(precision=pr.precision, recall=pr.recall)
     if hasattr(extractor, "predict_proba"):
         out.update(classifier_confidence(extractor.predict_proba(images)))
     return out
@@ -94,10 +135,11 @@ def sample_and_score(
     device: torch.device | str,
     progress: Progress = silent,
     save_as: Path | None = None,
+    stats: StatsConfig | None = None,
 ) -> dict[str, Any]:
     """Sample with cfg's sampler and steps, score the samples, optionally save them
     (save_as: .npz, with a .png grid beside it). Returns the scores and timings."""
-    samples, seconds = draw(loaded, cfg, device, progress)
+    samples, seconds = draw(loaded, cfg, device, progress, stats=stats)
     row: dict[str, Any] = {"sample_seconds": round(seconds, 3)}
     if save_as is not None:
         row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))

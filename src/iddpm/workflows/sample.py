@@ -7,7 +7,7 @@ the sweep and the demo.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from iddpm.workflows import runtime
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_output_file, run_dir_of
+from iddpm.workflows.statistics import StatsConfig, sampler_options
 
 GRID_IMAGES = 256
 
@@ -29,12 +30,14 @@ GRID_IMAGES = 256
 @dataclass(frozen=True)
 class SampleJob:
     """Draw `sample.num` samples from `checkpoint` (a run directory or .pt file) into `out`
-    (default RUN/samples/<tag>.npz) and a PNG grid `grid` (default: out with .png)."""
+    (default RUN/samples/<tag>.npz) and a PNG grid `grid` (default: out with .png);
+    `stats`: the images samplers such as `analytic` estimate their statistics from."""
 
     checkpoint: Path
     sample: SampleConfig
     out: Path | None = None
     grid: Path | None = None
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -76,13 +79,17 @@ def draw(
     device: torch.device | str,
     progress: Progress = silent,
     desc: str | None = None,
+    stats: StatsConfig | None = None,
 ) -> tuple[Samples, float]:
     """Samples of `cfg` from a loaded model (all ranks get the gathered set) and the
-    seconds it took."""
+    seconds it took (statistics a sampler estimates from data are not counted)."""
     k = check_sampling(loaded, cfg)
+    options = sampler_options(loaded, cfg, device, stats, progress)
     start = time.perf_counter()
     with progress(desc or f"sampling ({cfg.sampler}, {k} steps)", cfg.num, "img") as bar:
-        samples = sample_images(loaded.model, loaded.config, cfg, device, progress=bar.update)
+        samples = sample_images(
+            loaded.model, loaded.config, cfg, device, progress=bar.update, options=options
+        )
     return samples, time.perf_counter() - start
 
 
@@ -111,7 +118,7 @@ def sample_to_files(
     grid = job.grid or out.with_suffix(".png")
     for path, flag in ((out, "--out"), (grid, "--grid"), (out.with_suffix(".json"), "--out")):
         check_output_file(path, flag)
-    samples, seconds = draw(loaded, cfg, device, progress)
+    samples, seconds = draw(loaded, cfg, device, progress, stats=job.stats)
     result: dict[str, Any] = {
         "num": cfg.num,
         "steps": k,
