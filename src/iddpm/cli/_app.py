@@ -10,6 +10,7 @@ from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
 from iddpm.cli.sample import sample
+from iddpm.cli.steps import steps
 from iddpm.cli.sweep import sweep
 from iddpm.cli.train import train
 
@@ -20,5 +21,5 @@ def cli() -> None:
     """Improved DDPM: train, sample, measure bits/dim and FID."""
 
 
-for command in (demo, train, sample, nll, fid, sweep, convert):
+for command in (demo, train, sample, nll, fid, sweep, steps, convert):
     cli.add_command(command)
