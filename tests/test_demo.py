@@ -16,7 +16,7 @@ def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
     run = tmp_path / "demo"
     args = ["demo", "--run-dir", str(run), "--minutes", "0.05", "--max-steps", "6",
             "--num-samples", "4", "--sample-steps", "5", "--nll-images", "2",
-            "--diffusion-steps", "40"]  # fmt: skip
+            "--diffusion-steps", "40", "--stats-images", "100"]  # fmt: skip
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.stderr
     headline = json.loads(res.stdout.strip().splitlines()[-1])
@@ -24,6 +24,10 @@ def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
     assert headline["bpd"] > 0 and headline["nll_images"] == 2
     for key in ("fid_5steps", "fid_40steps", "confident_fraction_5steps"):
         assert key in headline
+    board = headline["leaderboard_fid"]  # every leaderboard sampler at every NFE
+    assert set(board) == {f"{s}_{k}" for s in ("ancestral", "ddim", "dpmpp2m", "analytic")
+                          for k in (5, 10, 20)}  # fmt: skip
+    assert "Sample quality per network call" in (run / "report.md").read_text()
     assert json.loads((run / "demo_result.json").read_text()) == headline
     report = (run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)

@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import pop_sampler_options, sampler_choice, sampler_options
+from iddpm.cli.options import (
+    pop_sampler_options,
+    pop_stats_config,
+    sampler_choice,
+    sampler_options,
+    stats_options,
+)
 from iddpm.workflows.demo import DemoJob, run_demo
 from iddpm.workflows.runs import fresh_run_dir
 
@@ -39,10 +45,12 @@ from iddpm.workflows.runs import fresh_run_dir
     hidden=True,
     help="override T (for quick checks; the demo's model uses 1000)",
 )
+@stats_options
 @job_command
 def demo(run_dir: Path | None, device: Any, progress: Any, **values: Any) -> dict[str, Any]:
     """Train on the bundled digits, sample in 50 steps and the full chain, measure
     bits/dim and digits-FID, and write RUN_DIR/report.md."""
     run = run_dir if run_dir is not None else fresh_run_dir(Path("runs/demo"))
-    job = DemoJob(run_dir=run, sampler_options=pop_sampler_options(values), **values)
+    options, stats = pop_sampler_options(values), pop_stats_config(values, values["seed"])
+    job = DemoJob(run_dir=run, sampler_options=options, stats=stats, **values)
     return run_demo(job, device, progress)

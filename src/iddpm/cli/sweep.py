@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import pop_sampler_options, sampler_choice, sampler_options
+from iddpm.cli.options import (
+    pop_sampler_options,
+    pop_stats_config,
+    sampler_choice,
+    sampler_options,
+    stats_options,
+)
 from iddpm.workflows.quality import FEATURES
 from iddpm.workflows.sweep import SweepJob, split_options
 from iddpm.workflows.sweep import sweep as sweep_job
@@ -30,6 +36,13 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     "--nfe",
     default=None,
     help="comma list of network-call budgets, e.g. 5,10,20,50 (replaces --steps)",
+)
+@click.option(
+    "--spacing",
+    type=click.Choice(["even", "trailing", "logsnr", "ddim"]),
+    default="even",
+    show_default=True,
+    help="how plain step counts are spaced (see `iddpm sample --help`)",
 )
 @sampler_choice(multiple=True)
 @sampler_options
@@ -61,21 +74,43 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     show_default=True,
     help="also the bound of each K-step process on this many test images (0: skip)",
 )
+@click.option(
+    "--optimal-steps",
+    is_flag=True,
+    help="also the ancestral sampler on the bound-optimal schedule of each K",
+)
+@click.option(
+    "--steps-images",
+    type=int,
+    default=256,
+    show_default=True,
+    help="test images the bound-optimal schedules are computed on",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
+@stats_options
 @job_command
 def sweep(
     checkpoint: Path,
     step_specs: tuple[str, ...],
     nfe: str | None,
     samplers: str,
+    spacing: str,
     device: Any,
     progress: Any,
     **values: Any,
 ) -> dict[str, Any]:
-    """FID (and optionally bits/dim) of CHECKPOINT for every sampler and number of steps,
-    as CSV and plots with one line per sampler. Last line is JSON."""
+    """A leaderboard of CHECKPOINT: FID, precision/recall and (with --nll-images) the
+    K-step bound for every sampler and number of steps K (= network calls), as CSV and
+    plots with one line per sampler. Last line is JSON.
+
+    \b
+    iddpm sweep RUN --samplers ancestral,ddim,dpmpp2m,analytic --nfe 5,10,20,50 \\
+      --nll-images 200 --optimal-steps
+    """
     names = tuple(s.strip() for s in samplers.split(",") if s.strip())
     specs = step_specs if nfe is None else tuple(s.strip() for s in nfe.split(",") if s.strip())
     options = split_options(names, pop_sampler_options(values))
-    job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options, **values)
+    stats = pop_stats_config(values, seed=values["seed"])
+    job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options,
+                   spacing="" if spacing == "even" else spacing, stats=stats, **values)  # fmt: skip
     return sweep_job(job, device, progress)

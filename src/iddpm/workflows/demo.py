@@ -27,9 +27,12 @@ from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
 from iddpm.workflows.runs import check_new_run
+from iddpm.workflows.statistics import StatsConfig
+from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
+LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "analytic")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class DemoJob:
     nll_images: int = 0
     seed: int = 0
     diffusion_steps: int | None = None
+    leaderboard_samplers: tuple[str, ...] = LEADERBOARD_SAMPLERS
+    leaderboard_nfe: tuple[int, ...] = (5, 10, 20)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
 
 def demo_config(job: DemoJob) -> ExperimentConfig:
@@ -70,6 +76,10 @@ def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
         raise ValueError(f"--nll-images must be >= 0 (0: all test images), got {job.nll_images}")
     kept_steps(cfg.diffusion, job.sample_steps)
     registry.make_options(job.sampler, job.sampler_options)
+    for name in job.leaderboard_samplers:
+        registry.get(name)
+    for k in job.leaderboard_nfe:
+        kept_steps(cfg.diffusion, str(k))
     check_new_run(job.run_dir)
 
 
@@ -131,7 +141,27 @@ def run_demo(
         headline[f"fid_{key}"] = s["fid"]
         headline[f"confident_fraction_{key}"] = s["confident_fraction"]
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
-    headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline))
+    board = _leaderboard(job, device, progress)
+    headline["leaderboard_fid"] = {
+        f"{r['sampler']}_{r['steps']}": r["fid"] for r in board.get("rows", [])
+    }
+    headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline, board))
     headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(job.run_dir / RESULT_FILE, headline)
     return headline
+
+
+def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -> dict[str, Any]:
+    """Sample quality per network call: each leaderboard sampler at each NFE."""
+    if not job.leaderboard_samplers or not job.leaderboard_nfe:
+        return {}
+    board = SweepJob(
+        job.run_dir,
+        samplers=job.leaderboard_samplers,
+        steps=tuple(str(k) for k in job.leaderboard_nfe),
+        num=job.num_samples,
+        seed=job.seed,
+        stats=job.stats,
+        out_dir=job.run_dir / "leaderboard",
+    )
+    return sweep(board, device, progress)

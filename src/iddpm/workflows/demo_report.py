@@ -10,7 +10,7 @@ from iddpm.checkpoint import METRICS_FILE
 from iddpm.config import ExperimentConfig
 from iddpm.eval.nll import NllResult, write_terms_csv
 from iddpm.workflows.plots import plot_bound_terms, plot_schedules, plot_training_curves
-from iddpm.workflows.report import write_report
+from iddpm.workflows.report import markdown_table, write_report
 
 INTRO = (
     "Improved DDPM (Nichol & Dhariwal, 2021) on scikit-learn's 8×8 digits: cosine "
@@ -29,9 +29,22 @@ def _grid_text(s: dict[str, Any]) -> str:
     )
 
 
-def _figures(run: Path, cfg: ExperimentConfig, sets: list[dict], nll: NllResult) -> list:
+def _figures(
+    run: Path, cfg: ExperimentConfig, sets: list[dict], nll: NllResult, board: dict
+) -> list:
     plots = run / "plots"
     figures = [(f"Samples, {_label(s)}", Path(s["grid"]), _grid_text(s)) for s in sets]
+    if board.get("fid_plot"):
+        figures.append(
+            (
+                "Sample quality per network call",
+                Path(board["fid_plot"]),
+                "digits-FID of each sampler at a few network calls (NFE): the paper's "
+                "ancestral sampler with learned Σ, DDIM (η = 0), DPM-Solver++(2M) and "
+                "Analytic-DPM's variance; in brackets precision / recall (k = 3).\n\n"
+                + _board_table(board),
+            )
+        )
     if (run / METRICS_FILE).is_file():  # a run shorter than one logging interval has none
         curves = plot_training_curves(plots / "training_curves.png", run / METRICS_FILE)
         text = "Loss of L_hybrid per example, and the loss by timestep quartile (q0: small t)."
@@ -86,6 +99,17 @@ def _commands(run: Path, sets: list[dict], seed: int, num: int, terms_csv: Path)
     return commands
 
 
+def _board_table(board: dict) -> str:
+    """sampler × NFE: digits-FID (precision / recall)."""
+    counts = sorted({r["steps"] for r in board["rows"]})
+    cells: dict[str, dict[int, str]] = {}
+    for r in board["rows"]:
+        pr = "" if r.get("precision") is None else f" ({r['precision']:.2f} / {r['recall']:.2f})"
+        cells.setdefault(r["sampler"], {})[r["steps"]] = f"{r['fid']:.2f}{pr}"
+    rows = [[name, *(c.get(k, "") for k in counts)] for name, c in cells.items()]
+    return markdown_table(rows, ["sampler", *(f"{k} NFE" for k in counts)])
+
+
 def write_demo_report(
     job: Any,
     cfg: ExperimentConfig,
@@ -93,6 +117,7 @@ def write_demo_report(
     sets: list[dict[str, Any]],
     nll: NllResult,
     headline: dict[str, Any],
+    board: dict[str, Any] | None = None,
 ) -> Path:
     """RUN_DIR/report.md with sample grids, curves, the bound's terms, the schedules, a
     table of the headline numbers and the commands that reproduce them."""
@@ -104,6 +129,6 @@ def write_demo_report(
         "iddpm demo",
         INTRO,
         _numbers(trained, sets, headline, job.num_samples, n_nll),
-        _figures(run, cfg, sets, nll),
+        _figures(run, cfg, sets, nll, board or {}),
         _commands(run, sets, job.seed, job.num_samples, terms_csv),
     )

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json, write_text
-from iddpm.build import load_model
+from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.diffusion import registry
 from iddpm.workflows import runtime
@@ -24,84 +24,120 @@ from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
 from iddpm.workflows.sample import num_steps
+from iddpm.workflows.statistics import StatsConfig
+from iddpm.workflows.steps import StepsJob, schedules
 
-# Samplers whose K-step process is the model's own reverse process, so its bound is defined.
-BOUND_SAMPLERS = ("ancestral",)
-SCORE_KEYS = ("fid", "confident_fraction")
+# Samplers whose K-step process has a bound (its reverse variance, for --sigma): the
+# deterministic solvers (ddim with eta 0, dpmpp*) define no likelihood.
+BOUND_SIGMA = {"ancestral": "model", "analytic": "analytic"}
+SPACINGS = ("", "trailing", "logsnr", "ddim")
+OPTIMAL = "bound-optimal"
 
 
 @dataclass(frozen=True)
 class SweepJob:
-    """Every (sampler, step spec) pair of `samplers` × `steps` ("full" = all T steps):
-    `num` samples each, FID against `ref` (default: the training data), and with
-    `nll_images` > 0 the K-step bound on that many test images."""
+    """Every (sampler, step count) pair of `samplers` × `steps` ("full" = all T steps):
+    `num` samples each, scored (FID, precision/recall) against `ref` (default: the training
+    data); with `nll_images` > 0 also the K-step bound on that many test images where the
+    sampler has one. `spacing` prefixes plain counts ("trailing" turns "10" into
+    "trailing10"); `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
+    schedule (`iddpm steps`, costs on `steps_images` test images) as its own rows."""
 
     checkpoint: Path
     samplers: tuple[str, ...] = ("ancestral",)
     steps: tuple[str, ...] = ("25", "50", "100", "250", "full")
     sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spacing: str = ""
     num: int = 256
     seed: int = 0
     batch_size: int = 256
     ref: str | None = None
     features: str = "digits"
     nll_images: int = 0
+    optimal_steps: bool = False
+    steps_images: int = 256
+    stats: StatsConfig = field(default_factory=StatsConfig)
     out_dir: Path | None = None
 
 
-def _plan(job: SweepJob, loaded) -> list[SampleConfig]:
-    """Every sampling request of the sweep, validated before any work."""
+@dataclass(frozen=True)
+class Entry:
+    """One row of the sweep: what is sampled, and its label in tables and plots."""
+
+    sample: SampleConfig
+    label: str
+    schedule: str
+
+
+def _spec(job: SweepJob, text: str, num_timesteps: int) -> str:
+    if text == "full":
+        return str(num_timesteps)
+    return f"{job.spacing}{text}" if text.isdigit() else text
+
+
+def _plan(job: SweepJob, loaded: LoadedModel, device: Any, progress: Progress) -> list[Entry]:
+    """Every sampling request of the sweep, validated before any work (the bound-optimal
+    schedules are computed here, since they are part of the plan)."""
+    if job.spacing not in SPACINGS:
+        raise ValueError(f"unknown --spacing {job.spacing!r}; choose even, trailing, logsnr, ddim")
     T = loaded.config.diffusion.num_timesteps
-    specs = [str(T) if s == "full" else s for s in job.steps]
+    specs = [_spec(job, s, T) for s in job.steps]
     plan = []
     for name in job.samplers:
         options = job.sampler_options.get(name, {})
         registry.make_options(name, options)
         for spec in specs:
             num_steps(loaded, spec)
-            plan.append(
-                SampleConfig(
-                    num=job.num,
-                    steps=spec,
-                    sampler=name,
-                    sampler_options=options,
-                    batch_size=job.batch_size,
-                    seed=job.seed,
-                )
-            )
+            cfg = SampleConfig(num=job.num, steps=spec, sampler=name, sampler_options=options,
+                               batch_size=job.batch_size, seed=job.seed)  # fmt: skip
+            plan.append(Entry(cfg, name, job.spacing or "even"))
+    if job.optimal_steps:
+        counts = tuple(sorted({num_steps(loaded, s) for s in specs}))
+        steps_job = StepsJob(job.checkpoint, nfe=counts, num_images=job.steps_images,
+                             seed=job.seed, stats=job.stats)  # fmt: skip
+        for row in schedules(steps_job, loaded, device, progress):
+            cfg = SampleConfig(num=job.num, steps=row["spec"], batch_size=job.batch_size,
+                               seed=job.seed)  # fmt: skip
+            plan.append(Entry(cfg, f"ancestral ({OPTIMAL} steps)", OPTIMAL))
     return plan
 
 
 def sweep(
     job: SweepJob, device: torch.device | str = "cpu", progress: Progress = silent
 ) -> dict[str, Any]:
-    """The `iddpm sweep` job: rows of (sampler, K, scores[, bpd]) written to OUT/sweep.csv,
-    plots of FID (and the bound) against K, and the summary as OUT/sweep.json."""
+    """The `iddpm sweep` job: rows of (sampler, schedule, K, scores[, bpd]) written to
+    OUT/sweep.csv, plots of FID (and the bound) against K with one line per sampler, and
+    the summary as OUT/sweep.json."""
     loaded = load_model(job.checkpoint, device=device)
-    plan = _plan(job, loaded)
     out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "sweep"
     check_writable_dir(out_dir, "--out-dir")
+    plan = _plan(job, loaded, device, progress)
     extractor = extractor_for(job.features, device)
     ref = reference(job.ref or loaded.config.train.data, "train", extractor, job.batch_size)
-    bounds: dict[str, float] = {}
-    rows = []
-    for cfg in plan:
-        k = num_steps(loaded, cfg.steps)
-        npz = out_dir / f"samples_{cfg.sampler}_{k}steps.npz"
-        row = sample_and_score(loaded, cfg, extractor, ref, device, progress, save_as=npz)
-        row.pop("images")
-        row = {"sampler": cfg.sampler, "steps": k, "spec": cfg.steps, **row}
-        if job.nll_images and cfg.sampler in BOUND_SAMPLERS:
-            if cfg.steps not in bounds:
-                ecfg = EvalConfig(steps=cfg.steps, num_images=job.nll_images, seed=job.seed)
-                bounds[cfg.steps] = bits_per_dim_of(loaded, ecfg, device, progress).bpd
-            row["bpd"] = bounds[cfg.steps]
-        rows.append(row)
+    rows = [_row(job, entry, loaded, extractor, ref, out_dir, device, progress) for entry in plan]
     result: dict[str, Any] = {"rows": rows, "features": extractor.name}
     if runtime.is_main():
         result.update(_write(out_dir, rows, extractor.name))
         write_json(out_dir / "sweep.json", result)
     return result
+
+
+def _row(job, entry, loaded, extractor, ref, out_dir, device, progress) -> dict[str, Any]:
+    cfg = entry.sample
+    k = num_steps(loaded, cfg.steps)
+    tag = entry.label.split(" ")[0] + ("" if entry.schedule == "even" else f"-{entry.schedule}")
+    npz = out_dir / f"samples_{tag}_{k}steps.npz"
+    scores = sample_and_score(
+        loaded, cfg, extractor, ref, device, progress, save_as=npz, stats=job.stats
+    )
+    scores.pop("images")
+    row = {"sampler": entry.label, "schedule": entry.schedule, "steps": k, "spec": cfg.steps}
+    row.update(scores)
+    sigma = BOUND_SIGMA.get(cfg.sampler)
+    if job.nll_images and sigma is not None:
+        ecfg = EvalConfig(steps=cfg.steps, num_images=job.nll_images, seed=job.seed, sigma=sigma)
+        row["bpd"] = bits_per_dim_of(loaded, ecfg, device, progress, stats=job.stats).bpd
+    return row
 
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], feature_name: str) -> dict[str, str]:
