@@ -1,0 +1,133 @@
+"""Samples and bound per network call on a digits model: the leaderboard of issue 10.
+
+On a digits checkpoint trained as the demo trains it (digits preset; `--checkpoint RUN`,
+or one trained here for `--train-steps` steps, which the demo's 4-minute budget reaches
+on an idle 2-core machine):
+- digits-FID and precision/recall (k = 3) of `--num` samples for every (sampler, NFE),
+  seeds fixed (sample i depends only on (seed, i));
+- the K-step bound on the test digits for the even spacing with the model's Σ, the
+  bound-optimal schedule (DP over costs on `--steps-images` test images, then evaluated on
+  the same test images as the others), Analytic-DPM's Σ and both fixed Σ.
+Prints one JSON object with every figure and the issue's targets checked.
+
+    python benchmarks/bench_samplers.py --checkpoint runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _common import result_header
+from iddpm.build import load_model
+from iddpm.config import EvalConfig, SampleConfig
+from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.statistics import StatsConfig
+from iddpm.workflows.steps import StepsJob, schedules
+from iddpm.workflows.train import TrainJob, train
+
+SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp3m", "analytic")
+NFE = (5, 10, 20, 50)
+BOUND_K = (10, 25, 50)
+SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
+
+
+def trained_run(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from iddpm.presets import get_preset
+
+    base = get_preset("digits")
+    cfg = base.replace(train=base.train.replace(steps=args.train_steps, sample_every=0))
+    run = workdir / "digits"
+    train(TrainJob(cfg, run), args.device)
+    return run
+
+
+def leaderboard(loaded, args: argparse.Namespace) -> list[dict]:
+    extractor = extractor_for("digits", args.device)
+    ref = reference("digits", "train", extractor)
+    rows = []
+    for name in SAMPLERS:
+        for k in NFE:
+            cfg = SampleConfig(num=args.num, steps=f"{args.spacing}{k}", sampler=name,
+                               batch_size=args.num, seed=args.seed)  # fmt: skip
+            row = sample_and_score(loaded, cfg, extractor, ref, args.device)
+            row.pop("images")
+            rows.append({"sampler": name, "nfe": k, **_rounded(row)})
+    return rows
+
+
+def bounds(loaded, args: argparse.Namespace) -> dict:
+    def bpd(steps: str, sigma: str) -> float:
+        cfg = EvalConfig(steps=steps, num_images=args.nll_images, seed=args.seed, sigma=sigma)
+        return round(bits_per_dim_of(loaded, cfg, args.device).bpd, 4)
+
+    out: dict = {f"even_{s}": {k: bpd(str(k), s) for k in BOUND_K} for s in SIGMAS}
+    start = time.perf_counter()
+    job = StepsJob(Path(args.run), nfe=BOUND_K, num_images=args.steps_images, seed=args.seed,
+                   decoder_steps=args.decoder_steps)  # fmt: skip
+    rows = schedules(job, loaded, args.device)
+    out["dp_seconds"] = round(time.perf_counter() - start, 1)
+    out["dp_specs"] = {r["nfe"]: r["spec"] for r in rows}
+    out["dp_cost_matrix_bound"] = {r["nfe"]: round(r["bound_bpd"], 4) for r in rows}
+    out["dp_model"] = {r["nfe"]: bpd(r["spec"], "model") for r in rows}
+    return out
+
+
+def _rounded(row: dict) -> dict:
+    keep = ("fid", "precision", "recall", "confident_fraction", "sample_seconds")
+    return {k: round(row[k], 4) if row.get(k) is not None else None for k in keep}
+
+
+def targets(rows: list[dict], b: dict) -> dict:
+    fid = {(r["sampler"], r["nfe"]): r["fid"] for r in rows}
+    return {
+        "dpmpp2m_10_fid_le_ancestral_50": fid[("dpmpp2m", 10)] <= fid[("ancestral", 50)],
+        "dp25_at_least_0.3_tighter_than_even25": b["dp_model"][25] <= b["even_model"][25] - 0.3,
+        "analytic25_beats_fixed25": b["even_analytic"][25]
+        < min(b["even_fixed-small"][25], b["even_fixed-large"][25]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default="", help="digits run (default: train one here)")
+    p.add_argument("--train-steps", type=int, default=4000)
+    p.add_argument("--num", type=int, default=1000, help="samples per (sampler, NFE)")
+    p.add_argument("--spacing", default="", help="step spacing prefix: '', trailing, logsnr")
+    p.add_argument("--nll-images", type=int, default=0, help="test images for bounds (0: all)")
+    p.add_argument("--steps-images", type=int, default=256)
+    p.add_argument("--decoder-steps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        args.run = str(trained_run(args, Path(tmp)))
+        loaded = load_model(args.run, device=args.device)
+        header = result_header("bench_samplers", args.device)
+        t0 = time.perf_counter()
+        rows = leaderboard(loaded, args)
+        b = bounds(loaded, args)
+    result = {
+        **header,
+        "checkpoint": args.checkpoint or f"trained here, {args.train_steps} steps",
+        "num_samples": args.num,
+        "spacing": args.spacing or "even",
+        "stats_images": StatsConfig().num_images,
+        "leaderboard": rows,
+        "bounds_bpd": b,
+        "targets": targets(rows, b),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
