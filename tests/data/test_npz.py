@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iddpm.data.npz import npz_image_shape, read_npz
+from iddpm.data.npz import inspect_npz, read_npz
 
 
 def _images(n: int = 6, h: int = 8, c: int = 3) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_a_truncated_npz_is_one_line_naming_the_file(
     (np.savez_compressed if compressed else np.savez)(path, images=_images(50))
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-    for read in (read_npz, npz_image_shape):
+    for read in (read_npz, inspect_npz):
         with pytest.raises(ValueError) as e:
             read(path)
         assert _one_line(e).startswith(f"{path} is not a readable .npz (")
@@ -61,9 +61,9 @@ def test_random_bytes_a_bare_npy_and_a_folder_are_refused(tmp_path: Path) -> Non
         read_npz(tmp_path / "one.npz")
     (tmp_path / "dir.npz").mkdir()
     with pytest.raises(ValueError, match=r"dir\.npz is a folder, not a \.npz file"):
-        npz_image_shape(tmp_path / "dir.npz")
+        inspect_npz(tmp_path / "dir.npz")
     with pytest.raises(FileNotFoundError, match=r"npz file .*gone\.npz does not exist"):
-        npz_image_shape(tmp_path / "gone.npz")
+        inspect_npz(tmp_path / "gone.npz")
 
 
 def test_a_zip_member_that_is_not_an_array_is_refused(tmp_path: Path) -> None:
@@ -82,8 +82,8 @@ def test_header_shape_equals_the_read_shape_for_every_layout(tmp_path: Path) -> 
     }
     for name, arrays in layouts.items():
         np.savez(tmp_path / f"{name}.npz", **arrays)
-        images, _ = read_npz(tmp_path / f"{name}.npz")
-        assert npz_image_shape(tmp_path / f"{name}.npz") == images.shape
+        images, labels = read_npz(tmp_path / f"{name}.npz")
+        assert inspect_npz(tmp_path / f"{name}.npz") == (images.shape, labels is not None)
     images, labels = read_npz(tmp_path / "inet.npz")
     assert np.array_equal(images, x) and labels.tolist() == [0, 1, 2, 3, 4]
     assert not images.flags.c_contiguous  # the CHW rows as a transposed view, not a copy
@@ -94,11 +94,11 @@ def test_header_shape_reads_no_pixels(tmp_path: Path) -> None:
     np.savez(tmp_path / "big.npz", images=x)
     tracemalloc.start()
     try:
-        shape = npz_image_shape(tmp_path / "big.npz")
+        shape, has_labels = inspect_npz(tmp_path / "big.npz")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert shape == x.shape and peak < x.nbytes / 20
+    assert shape == x.shape and not has_labels and peak < x.nbytes / 20
 
 
 def test_read_npz_reads_only_the_image_and_label_arrays(tmp_path: Path) -> None:
@@ -113,10 +113,15 @@ def test_read_npz_reads_only_the_image_and_label_arrays(tmp_path: Path) -> None:
     assert np.array_equal(images, x) and labels is None and peak < 1_000_000
 
 
-def test_empty_and_wrong_dtype_are_refused_from_the_header_too(tmp_path: Path) -> None:
+def test_empty_wrong_dtype_and_wrong_labels_are_refused_from_the_headers_too(
+    tmp_path: Path,
+) -> None:
     np.savez(tmp_path / "e.npz", images=np.zeros((0, 4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="holds no images"):
-        npz_image_shape(tmp_path / "e.npz")
+        inspect_npz(tmp_path / "e.npz")
     np.savez(tmp_path / "f.npz", images=np.zeros((2, 4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="has dtype float32; iddpm expects uint8"):
-        npz_image_shape(tmp_path / "f.npz")
+        inspect_npz(tmp_path / "f.npz")
+    np.savez(tmp_path / "y.npz", images=_images(3), labels=np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"y\.npz\['labels'\] has int64 \(4,\); labels must"):
+        inspect_npz(tmp_path / "y.npz")

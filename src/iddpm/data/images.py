@@ -224,14 +224,18 @@ def image_folder_files(
 
 
 def load_image_folder(
-    path: str | Path, resolution: int | None, class_cond: bool = False, channels: int = 3
+    path: str | Path,
+    resolution: int | None,
+    class_cond: bool | None = False,
+    channels: int = 3,
 ) -> ImageDataset:
     """Every image under `path` (recursive; extensions in IMAGE_EXTENSIONS, any case), in
     sorted relative-path order, centre-cropped and resized to `resolution` (None: keep the
     size, which must then be square and shared). Hidden files and folders are skipped. With
     `class_cond`, class = first-level sub-folder, indexed in sorted name order over all
     visible sub-folders (an empty one still takes an index, so two folders with the same
-    sub-folder names agree). Returns uint8 [N, R, R, channels].
+    sub-folder names agree); `class_cond=None` reads classes exactly when every image sits in
+    a class sub-folder. Returns uint8 [N, R, R, channels].
     """
     root = Path(path)
     _check_resolution(resolution)

@@ -6,7 +6,7 @@ grey, and the downsampled-ImageNet rows `data` uint8 [N, 3·H·W] (CHW order, H 
 the row length) whose `labels` are 1-based (returned 0-based).
 
 Only the arrays needed are read (an ImageNet batch's `mean` stays on disk), and
-`npz_image_shape` reads nothing but the .npy header, so a caller can size its output
+`inspect_npz` reads nothing but the .npy headers, so a caller can size its output
 before any pixel is loaded. A missing file is a FileNotFoundError; a folder, a bare .npy,
 a truncated or corrupt archive, a wrong key, dtype or layout are one-line ValueErrors.
 This module knows nothing of datasets (`images.load_npz` builds one).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "npz_image_shape", "read_npz"]
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "inspect_npz", "read_npz"]
 
 IMAGE_KEYS = ("arr_0", "images", "x", "data")
 LABEL_KEYS = ("arr_1", "labels", "y")
@@ -154,17 +154,27 @@ def _labels_from_npz(y: np.ndarray, key: str, n: int, one_based: bool, path: Pat
     return y
 
 
-def npz_image_shape(path: str | Path, key: str | None = None) -> tuple[int, ...]:
-    """(N, H, W, C) of the images `read_npz` would return, from the array header alone (the
-    pixels are not read), with the same checks of key, dtype and layout."""
+def inspect_npz(path: str | Path, key: str | None = None) -> tuple[tuple[int, ...], bool]:
+    """((N, H, W, C) of the images `read_npz` would return, whether it holds labels), from
+    the array headers alone (no pixel is read), with the same checks of key, dtype, layout
+    and label shape."""
     path = _npz_path(path)
     with _open_npz(path) as f:
         key = _image_key(f.files, key, path)
         shape, dtype = _member_header(f, key, path)
+        label_key = next((k for k in LABEL_KEYS if k in f.files), None)
+        label_header = None if label_key is None else _member_header(f, label_key, path)
     nhwc = _nhwc_shape(shape, dtype, key, path)
     if nhwc[0] == 0:
         raise ValueError(f"{path}[{key!r}] holds no images; pass a file with at least one")
-    return nhwc
+    if label_header is not None:
+        y_shape, y_dtype = label_header
+        if y_shape != (nhwc[0],) or not np.issubdtype(y_dtype, np.integer):
+            raise ValueError(
+                f"{path}[{label_key!r}] has {y_dtype} {y_shape}; labels must be integers of "
+                f"shape [{nhwc[0]}]"
+            )
+    return nhwc, label_key is not None
 
 
 def read_npz(path: str | Path, key: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
