@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from iddpm import distributed
-from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
+from iddpm.build import build_diffusion, build_timestep_sampler, build_unet, load_init_weights
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.images import ImageDataset
 from iddpm.data.loader import ImageBatches
@@ -76,8 +76,11 @@ def train_run(
         random_flip=cfg.train.random_flip,
     )
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
+    model = build_unet(cfg.model)
+    if cfg.train.init_from and not resume:  # fine-tuning: another run's weights, fresh optimizer
+        load_init_weights(model, cfg.train.init_from, cfg.train.init_weights)
     trainer = Trainer(
-        build_unet(cfg.model),
+        model,
         build_diffusion(cfg.diffusion),
         batches,
         build_timestep_sampler(cfg.diffusion),
