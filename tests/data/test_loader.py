@@ -265,3 +265,34 @@ def test_a_mapped_batch_is_a_private_copy_of_its_rows(tmp_path) -> None:
     for _ in range(10):
         next(batches)
     assert np.array_equal(np.load(tmp_path / "images.npy"), images)
+
+
+def test_each_batch_asks_the_kernel_to_read_the_next_batchs_rows_ahead(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iddpm.data import loader
+
+    images = _images(40)
+    mapped = _mapped(tmp_path, images)
+    hints: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == loader.os.POSIX_FADV_WILLNEED
+        hints.append((offset, length))
+
+    monkeypatch.setattr(loader.os, "posix_fadvise", record, raising=False)
+    batches = ImageBatches(mapped, None, 8, seed=2, rank=1, world_size=2, random_flip=True)
+    index = BatchIterator(40, 8, seed=2, rank=1, world_size=2)
+    next(index)
+    row = 4 * 2 * 3  # bytes of one [3, 4, 2] uint8 image
+    for _ in range(6):  # across the epoch boundary (2 steps per epoch)
+        hints.clear()
+        next(batches)
+        upcoming = np.sort(next(index))
+        assert hints == [(mapped.offset + int(r) * row, row) for r in upcoming]
+    view = ImageBatches(mapped[:30], None, 8, seed=2)  # a view: numpy keeps no offset for it
+    no_hint = ImageBatches(mapped, None, 8, seed=2, prefetch=False)
+    hints.clear()
+    assert _same(next(view), next(ImageBatches(images[:30], None, 8, seed=2)))
+    assert _same(next(no_hint), next(ImageBatches(images, None, 8, seed=2)))
+    assert hints == []

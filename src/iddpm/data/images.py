@@ -43,8 +43,10 @@ _MODES = {1: "L", 3: "RGB"}
 class ImageDataset:
     """A labelled or unlabelled set of uint8 images.
 
-    images: uint8 [N, H, W, C], C ∈ {1, 3}; labels: int64 [N] in [0, num_classes) or None;
-    class_names: one name per class index when known (folder names, CIFAR-10 classes).
+    images: uint8 [N, H, W, C], C ∈ {1, 3} (an in-memory array, or a read-only np.memmap
+    for a prepared dataset: nothing here reads or copies its pixels); labels: int64 [N] in
+    [0, num_classes) or None; class_names: one name per class index when known (folder
+    names, CIFAR-10 classes).
     """
 
     images: np.ndarray
