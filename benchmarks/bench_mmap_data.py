@@ -124,8 +124,9 @@ class _TimedBatches:
         return self.inner.state_dict()
 
 
-def _trainer(images: np.ndarray, args: argparse.Namespace, prefetch: bool = True):
-    """A Trainer of the tiny 64×64 UNet on `images`, and its timed batch iterator."""
+def _trainer(images: np.ndarray, args: argparse.Namespace, prefetch: bool = True, seed: int = 0):
+    """A Trainer of the tiny 64×64 UNet on `images`, and its timed batch iterator; `seed`
+    picks the batch order (variants in one process must not read each other's rows)."""
     import torch
 
     from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
@@ -144,7 +145,7 @@ def _trainer(images: np.ndarray, args: argparse.Namespace, prefetch: bool = True
     train = TrainConfig(data="bench", batch_size=args.batch, steps=10**9, log_every=10**9)
     cfg = ExperimentConfig(DiffusionConfig(num_timesteps=1000), model, train)
     batches = _TimedBatches(
-        ImageBatches(images, None, args.batch, seed=0, random_flip=True, prefetch=prefetch)
+        ImageBatches(images, None, args.batch, seed=seed, random_flip=True, prefetch=prefetch)
     )
     torch.manual_seed(0)
     unet, diffusion = build_unet(cfg.model), build_diffusion(cfg.diffusion)
@@ -190,9 +191,9 @@ def child_compare(data: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     mapped = load_dataset(data, "train", resolution=SIDE).images
     variants = {
-        "memory": _trainer(np.array(mapped[: args.baseline_images]), args),
-        "mmap": _trainer(mapped, args),
-        "mmap_no_prefetch": _trainer(mapped, args, prefetch=False),
+        "memory": _trainer(np.array(mapped[: args.baseline_images]), args, seed=0),
+        "mmap": _trainer(mapped, args, seed=1),
+        "mmap_no_prefetch": _trainer(mapped, args, prefetch=False, seed=2),
     }
     _evict(Path(data) / IMAGES)  # after the baseline's copy: the map starts cold
     times: dict[str, list[float]] = {k: [] for k in variants}

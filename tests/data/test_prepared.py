@@ -81,6 +81,7 @@ def test_labels_can_be_dropped_or_required(tmp_path: Path) -> None:
 def test_npz_batches_in_natural_order_with_one_based_labels(tmp_path: Path, form: str) -> None:
     sizes = [3, 5, 2, 4, 1, 2, 3, 2, 6, 2, 3]  # batch_1 … batch_11: batch_10 after batch_9
     x, y = _inet_batches(tmp_path / "inet", sizes)
+    (tmp_path / "inet" / ".partial.npz").write_bytes(b"hidden: ignored")
     spec = str(tmp_path / "inet") if form == "folder" else str(tmp_path / "inet" / "*_batch_*.npz")
     info = prepare_data(spec, tmp_path / "p")
     ds = load_dataset(str(tmp_path / "p"), class_cond=True)

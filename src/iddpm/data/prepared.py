@@ -165,9 +165,8 @@ def _plan(spec: str, split: str, resolution: int | None, class_cond: bool | None
     if spec and root.is_dir() and not (root / META).is_file():
         folder = folder_split(root, split, class_cond)
         if is_npz_folder(folder):  # the downsampled-ImageNet download: batches of .npz
-            return _npz_plan(
-                sorted(folder.glob("*.[nN][pP][zZ]"), key=_natural), resolution, class_cond
-            )
+            npz = [f for f in folder.iterdir() if not f.name.startswith(".")]
+            return _npz_plan(sorted(npz, key=_natural), resolution, class_cond)
         return _folder_plan(folder, resolution, class_cond)
     return _loaded_plan(spec, split, resolution, class_cond)
 
