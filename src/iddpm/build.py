@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iddpm.checkpoint import load_for_inference, resolve_checkpoint
-from iddpm.config import DiffusionConfig, ExperimentConfig, UNetConfig
+from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint
+from iddpm.config import INIT_WEIGHTS, DiffusionConfig, ExperimentConfig, UNetConfig
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
 from iddpm.diffusion.respace import ModelAdapter, parse_steps, spaced_model
@@ -82,3 +82,95 @@ def load_model(
         ) from None
     model.to(device).eval()
     return LoadedModel(cfg, model, Path(ckpt_path))
+
+
+# ---- initial weights for a new run (fine-tuning) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class InitWeights:
+    """Where a new run's initial weights came from: the checkpoint file and which set
+    ("ema 0.9999", "raw", or "raw (no EMA stored)")."""
+
+    checkpoint: Path
+    weights: str
+
+
+def _read_source(source: str | Path) -> tuple[Path, dict]:
+    """The checkpoint dict at `source` (run directory or file), read with weights_only."""
+    path = resolve_checkpoint(source)
+    fix = "pass a run directory or a .pt written by `iddpm train` or `iddpm convert`"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or damaged files
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"--init-from {path} is not a readable checkpoint ({type(e).__name__}: {first}); {fix}"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        plain = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+        hint = "convert a reference improved-diffusion file with `iddpm convert` first; "
+        hint = hint if plain and state else ""
+        raise ValueError(f"--init-from {path} is not an iddpm checkpoint; {hint}{fix}")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"--init-from {path} has format_version {state.get('format_version')!r} but this "
+            f"iddpm reads version {FORMAT_VERSION}; use the iddpm release that wrote it"
+        )
+    return path, state
+
+
+def _chosen_weights(state: dict, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The raw state dict, with the slowest EMA's parameters laid over it for "ema"."""
+    chosen = dict(state["model"])
+    emas = state.get("ema") or {}
+    if weights == "raw":
+        return chosen, "raw"
+    if not emas:  # e.g. a converted reference checkpoint: its one set is the model
+        return chosen, "raw (no EMA stored)"
+    slowest = max(emas, key=float)
+    chosen.update(emas[slowest])
+    return chosen, f"ema {slowest}"
+
+
+def _misfit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `weights` from loading into `model`: counts and the first few names."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    groups = {
+        "missing": sorted(set(want) - set(got)),
+        "unexpected": sorted(set(got) - set(want)),
+        "of another shape": [
+            f"{k} {list(got[k])} there, {list(want[k])} here"
+            for k in sorted(set(want) & set(got))
+            if want[k] != got[k]
+        ],
+    }
+    return [
+        f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for kind, names in groups.items()
+        if names
+    ]
+
+
+def load_init_weights(model: nn.Module, source: str | Path, weights: str = "ema") -> InitWeights:
+    """Load the weights of another run or checkpoint into `model`, the start of a new run.
+
+    source: a run directory (its latest checkpoint) or a checkpoint file, including a run
+    made by `iddpm convert`; weights: "ema" (the slowest EMA's parameters, buffers from the
+    raw model, as sampling uses; a checkpoint without EMA gives its raw weights) or "raw".
+    Every tensor must match the model's names and shapes; else a one-line ValueError names
+    the missing, unexpected and mis-shaped tensors (first few and counts) and the fix.
+    """
+    if weights not in INIT_WEIGHTS:
+        raise ValueError(f"unknown init weights {weights!r}; choose one of: ema, raw")
+    path, state = _read_source(source)
+    chosen, which = _chosen_weights(state, weights)
+    problems = _misfit(model, chosen)
+    if problems:
+        raise ValueError(
+            f"--init-from {path} does not fit this model: {'; '.join(problems)}; give the new "
+            "run the model settings of the source's config.json or drop --init-from"
+        )
+    model.load_state_dict(chosen)
+    return InitWeights(path, which)

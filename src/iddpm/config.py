@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MC_METHODS = ("log-stratified", "stratified", "importance")
 # The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
 EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
+INIT_WEIGHTS = ("ema", "raw")
 
 T = TypeVar("T")
 
@@ -189,7 +190,10 @@ class TrainConfig(_Serializable):
     """Optimisation and run bookkeeping. `batch_size` is global (all ranks together);
     `microbatch` is the per-rank micro-batch (0: the whole per-rank batch at once).
     `ema_warmup` caps the EMA rate at (1 + k)/(10 + k) at step k (off in the paper's
-    recipes; on for short CPU runs, see train/ema.py)."""
+    recipes; on for short CPU runs, see train/ema.py). `init_from` (a run directory or
+    checkpoint file; "" = random initial weights) starts a new run from those weights,
+    `init_weights` says which: the slowest EMA's or the raw ones (`build.load_init_weights`);
+    the optimizer starts fresh and the EMA starts from the loaded weights."""
 
     data: str = "digits"
     class_cond: bool = False
@@ -211,6 +215,8 @@ class TrainConfig(_Serializable):
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3
     seed: int = 0
+    init_from: str = ""
+    init_weights: str = "ema"
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -232,6 +238,7 @@ class TrainConfig(_Serializable):
         _positive("sample_every", self.sample_every, allow_zero=True)
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
+        _choice("init weights", self.init_weights, INIT_WEIGHTS)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from PIL import Image
 from iddpm.data.images import (
     ImageDataset,
     crop_resize,
+    decode_image,
+    image_folder_files,
     load_image_folder,
     load_npz,
     resize_images,
@@ -156,6 +158,20 @@ def test_class_is_the_first_level_sub_folder_in_sorted_order(class_tree: Path) -
     assert ds.class_names == ("a", "b", "c") and ds.num_classes == 3  # empty c keeps an index
 
 
+def test_folder_files_take_classes_when_asked_or_when_every_image_has_one(
+    class_tree: Path,
+) -> None:
+    files, labels, names = image_folder_files(class_tree, class_cond=None)  # all in a class
+    assert [f.name for f in files] == ["3.PNG", "4.tiff", "1.png", "2.bmp"]
+    assert labels.tolist() == [0, 0, 1, 1] and names == ("a", "b", "c")
+    assert image_folder_files(class_tree, class_cond=False)[1:] == (None, None)
+    _save(class_tree / "loose.png", _rgb(9))  # one image outside every class: no labels
+    files, labels, names = image_folder_files(class_tree, class_cond=None)
+    assert len(files) == 5 and labels is None and names is None
+    with pytest.raises(ValueError, match=r"loose\.png is not inside a class sub-folder"):
+        image_folder_files(class_tree, class_cond=True)
+
+
 def test_folder_resizes_and_converts_to_grey(tmp_path: Path) -> None:
     _save(tmp_path / "x.png", _sides_and_centre(8, 20))
     _save(tmp_path / "y.gif", np.full((5, 5, 3), 200, np.uint8))
@@ -184,6 +200,29 @@ def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
         load_image_folder(tmp_path, 8, channels=4)
     with pytest.raises(ValueError, match="resolution must be a positive integer or None, got 0"):
         load_image_folder(tmp_path, 0)
+
+
+def test_sixteen_bit_grey_png_is_scaled_to_eight_bits_with_rounding(tmp_path: Path) -> None:
+    edges = [0, 128, 129, 257, 385, 386, 65406, 65407, 32767, 32768, 32896, 65535, 2, 3, 4, 5]
+    v = np.array(edges, np.uint16).reshape(4, 4)  # values on both sides of rounding edges
+    Image.fromarray(v).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    grey = decode_image(tmp_path / "deep.png", None, channels=1)[..., 0]
+    # round(v / 257): 128 -> 0, 129 -> 1, 385 -> 1, 386 -> 2, 65406 -> 254, 65407 -> 255
+    expected = np.floor(v.astype(np.float64) * 255.0 / 65535.0 + 0.5)
+    assert grey.tolist() == expected.tolist()
+    assert grey.ravel()[:8].tolist() == [0, 0, 1, 1, 1, 2, 254, 255]
+    rgb = decode_image(tmp_path / "deep.png", None, channels=3)
+    assert np.array_equal(rgb, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_wide_integer_pixels_outside_0_255_are_refused_not_saturated(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 70000], [5, 6]], np.int32)).save(tmp_path / "wide.tiff")
+    assert Image.open(tmp_path / "wide.tiff").mode == "I"
+    with pytest.raises(ValueError, match=r"wide\.tiff has I-mode pixels in \[0, 70000\]"):
+        decode_image(tmp_path / "wide.tiff", None)
+    Image.fromarray(np.array([[0, 200], [5, 6]], np.int32)).save(tmp_path / "ok.tiff")
+    assert decode_image(tmp_path / "ok.tiff", None, 1)[..., 0].tolist() == [[0, 200], [5, 6]]
 
 
 def test_folder_needs_square_same_size_images_without_resolution(tmp_path: Path) -> None:
@@ -256,7 +295,7 @@ def test_npz_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"npz file .*missing\.npz does not exist"):
         load_npz(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"cannot read .*junk\.npz as \.npz"):
+    with pytest.raises(ValueError, match=r"junk\.npz is not a readable \.npz \(.*not a zip"):
         load_npz(tmp_path / "junk.npz")
     cases = {
         "f.npz": (

@@ -211,3 +211,88 @@ def test_image_batches_reject_bad_inputs() -> None:
         ImageBatches(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(3, np.int64), 2, seed=0)
     with pytest.raises(ValueError, match=r"labels must be integers"):
         ImageBatches(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.float32), 2, seed=0)
+
+
+# ---------------------------------------------------------------- memory-mapped images
+
+
+def _mapped(tmp_path, images: np.ndarray) -> np.ndarray:
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    return mapped
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_mapped_images_give_the_in_memory_batches_across_epochs_ranks_and_resume(
+    tmp_path, world_size: int
+) -> None:
+    images, labels = _images(40), np.arange(40) % 5
+    mapped = _mapped(tmp_path, images)
+
+    def loaders(source: np.ndarray) -> list[ImageBatches]:
+        return [
+            ImageBatches(source, labels, 4, seed=6, rank=r, world_size=world_size,
+                         random_flip=True)
+            for r in range(world_size)
+        ]  # fmt: skip
+
+    memory, disk = loaders(images), loaders(mapped)
+    for _ in range(12):  # 40 // (4·W) steps per epoch: several epochs
+        for m, d in zip(memory, disk):
+            assert _same(next(m), next(d))
+    resumed = loaders(mapped)
+    for r, d in zip(resumed, disk):
+        r.load_state_dict(d.state_dict())
+    for _ in range(7):
+        for m, r in zip(memory, resumed):
+            assert _same(next(m), next(r))
+
+
+def test_a_mapped_batch_is_a_private_copy_of_its_rows(tmp_path) -> None:
+    images = _images(40)
+    mapped = _mapped(tmp_path, images)
+    index = np.array([7, 3, 3, 21])
+    rows = mapped[index]
+    assert type(rows) is np.ndarray and rows.flags.writeable and rows.nbytes == 4 * 24
+    rows[:] = 0  # flipping in place touches the copy, never the file
+    assert np.array_equal(mapped, images)
+    batches = ImageBatches(mapped, None, 8, seed=0, random_flip=True)
+    for _ in range(10):
+        next(batches)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), images)
+
+
+def test_each_batch_asks_the_kernel_to_read_the_next_batchs_rows_ahead(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iddpm.data import loader
+
+    images = _images(40)
+    mapped = _mapped(tmp_path, images)
+    hints: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == loader.os.POSIX_FADV_WILLNEED
+        hints.append((offset, length))
+
+    monkeypatch.setattr(loader.os, "posix_fadvise", record, raising=False)
+    batches = ImageBatches(mapped, None, 8, seed=2, rank=1, world_size=2, random_flip=True)
+    index = BatchIterator(40, 8, seed=2, rank=1, world_size=2)
+    next(index)
+    row = 4 * 2 * 3  # bytes of one [3, 4, 2] uint8 image
+    for _ in range(6):  # across the epoch boundary (2 steps per epoch)
+        hints.clear()
+        next(batches)
+        upcoming = np.sort(next(index))
+        assert hints == [(mapped.offset + int(r) * row, row) for r in upcoming]
+    view = ImageBatches(mapped[:30], None, 8, seed=2)  # a view: numpy keeps no offset for it
+    no_hint = ImageBatches(mapped, None, 8, seed=2, prefetch=False)
+    hints.clear()
+    assert _same(next(view), next(ImageBatches(images[:30], None, 8, seed=2)))
+    assert _same(next(no_hint), next(ImageBatches(images, None, 8, seed=2)))
+    assert hints == []

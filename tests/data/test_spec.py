@@ -85,3 +85,20 @@ def test_unknown_spec_lists_the_accepted_forms(spec: str) -> None:
 def test_unknown_split_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown split 'valid'; choose one of: train, test"):
         load_dataset("digits", "valid")
+
+
+def test_a_folder_of_npz_batches_points_to_prepare_data(tmp_path: Path) -> None:
+    (tmp_path / "inet").mkdir()
+    np.savez(tmp_path / "inet" / "train_data_batch_1.npz", data=np.zeros((2, 12), np.uint8))
+    with pytest.raises(ValueError, match=r"inet holds \.npz files, not images; prepare them") as e:
+        load_dataset(str(tmp_path / "inet"))
+    assert "\n" not in str(e.value) and "iddpm prepare-data" in str(e.value)
+
+
+def test_class_cond_none_keeps_the_labels_a_source_has(tmp_path: Path) -> None:
+    x = np.zeros((4, 2, 2, 3), np.uint8)
+    np.savez(tmp_path / "lab.npz", x, np.array([0, 1, 1, 0]))
+    np.savez(tmp_path / "bare.npz", x)
+    assert load_dataset(str(tmp_path / "lab.npz"), class_cond=None).labels.tolist() == [0, 1, 1, 0]
+    assert load_dataset(str(tmp_path / "bare.npz"), class_cond=None).labels is None
+    assert load_dataset(str(tmp_path / "lab.npz"), class_cond=False).labels is None

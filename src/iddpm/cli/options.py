@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from iddpm.config import (
+    INIT_WEIGHTS,
     LOSSES,
     MEAN_TYPES,
     PRECISIONS,
@@ -35,6 +36,7 @@ CHOICES = {
     "loss": LOSSES,
     "timestep_sampler": TIMESTEP_SAMPLERS,
     "precision": PRECISIONS,
+    "init_weights": INIT_WEIGHTS,
 }
 HELP = {
     "num_timesteps": "diffusion steps T (the paper: 1000 or 4000)",
@@ -79,6 +81,9 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "keep_checkpoints": "checkpoints to keep",
     "seed": "random seed",
+    "init_from": "fine-tune: start from the weights of this run directory or checkpoint "
+    "(also a converted reference checkpoint); fresh optimizer",
+    "init_weights": "which weights --init-from takes: the slowest EMA, or the raw weights",
 }
 SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,

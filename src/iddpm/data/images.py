@@ -12,7 +12,6 @@ No torchvision.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from iddpm._tensor import to_model_range, to_uint8
+from iddpm.data.npz import read_npz
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "class_folders",
     "crop_resize",
+    "decode_image",
+    "image_folder_files",
     "load_image_folder",
     "load_npz",
     "resize_images",
@@ -34,8 +36,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-_IMAGE_KEYS = ("arr_0", "images", "x", "data")
-_LABEL_KEYS = ("arr_1", "labels", "y")
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -43,8 +43,10 @@ _MODES = {1: "L", 3: "RGB"}
 class ImageDataset:
     """A labelled or unlabelled set of uint8 images.
 
-    images: uint8 [N, H, W, C], C ∈ {1, 3}; labels: int64 [N] in [0, num_classes) or None;
-    class_names: one name per class index when known (folder names, CIFAR-10 classes).
+    images: uint8 [N, H, W, C], C ∈ {1, 3} (an in-memory array, or a read-only np.memmap
+    for a prepared dataset: nothing here reads or copies its pixels); labels: int64 [N] in
+    [0, num_classes) or None; class_names: one name per class index when known (folder
+    names, CIFAR-10 classes).
     """
 
     images: np.ndarray
@@ -135,13 +137,41 @@ def class_folders(root: str | Path) -> tuple[str, ...]:
     )
 
 
-def _decode(path: Path, resolution: int | None, channels: int) -> np.ndarray:
+def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
+    """16-bit grey (Pillow modes I;16*) becomes 8-bit L by round(v·255/65535); 32-bit integer
+    or float images (modes I, F) are accepted only when every value already lies in 0..255."""
+    if img.mode.startswith("I;16"):
+        v = np.asarray(img).astype(np.uint32)
+        # round(v / 257) in integers: v / 257 + 1/2 is never a tie for integer v
+        return Image.fromarray(((2 * v + 257) // 514).astype(np.uint8))
+    if img.mode in ("I", "F"):
+        v = np.asarray(img)
+        if v.size and (v.min() < 0 or v.max() > 255):
+            raise ValueError(
+                f"image {path} has {img.mode}-mode pixels in [{v.min()}, {v.max()}], outside "
+                "0..255; convert it to 8 bits per channel (16-bit PNGs are read as such)"
+            )
+    return img
+
+
+def decode_image(path: str | Path, resolution: int | None, channels: int = 3) -> np.ndarray:
+    """One image file as uint8 [R, R, channels] (grey or RGB), centre-cropped and resized to
+    `resolution` (None: kept, and it must be square). 16-bit grey is scaled to 8 bits with
+    round(v·255/65535); Pillow itself reduces 16-bit RGB(A) PNGs to their high byte."""
+    path = Path(path)
     try:
         with Image.open(path) as img:
-            img.load()  # first frame only for GIF/TIFF stacks
-            img = img.convert(_MODES[channels])
+            img.load()  # first frame only for GIF/TIFF stacks; the pixels stay after close
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot decode image {path} ({e}); delete or replace the file") from e
+    img = _to_8bit(img, path)
+    try:
+        img = img.convert(_MODES[channels])
+    except ValueError as e:
+        raise ValueError(
+            f"cannot convert image {path} from mode {img.mode} to {_MODES[channels]} ({e}); "
+            "save it as 8-bit RGB or grey"
+        ) from e
     if resolution is None:
         w, h = img.size
         if w != h:
@@ -172,20 +202,16 @@ def _class_of(files: list[Path], root: Path) -> tuple[np.ndarray, tuple[str, ...
     return np.array([index[p[0]] for p in parts], np.int64), names
 
 
-def load_image_folder(
-    path: str | Path, resolution: int | None, class_cond: bool = False, channels: int = 3
-) -> ImageDataset:
-    """Every image under `path` (recursive; extensions in IMAGE_EXTENSIONS, any case), in
-    sorted relative-path order, centre-cropped and resized to `resolution` (None: keep the
-    size, which must then be square and shared). Hidden files and folders are skipped. With
-    `class_cond`, class = first-level sub-folder, indexed in sorted name order over all
-    visible sub-folders (an empty one still takes an index, so two folders with the same
-    sub-folder names agree). Returns uint8 [N, R, R, channels].
+def image_folder_files(
+    path: str | Path, class_cond: bool | None = False
+) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None]:
+    """The image files under `path` (see `load_image_folder` for the order) and their labels.
+
+    class_cond True: label = index of the first-level sub-folder in `class_folders`; False:
+    no labels; None: labels exactly when every image sits inside a class sub-folder.
+    Returns (files, int64 [N] labels or None, class names or None). Nothing is decoded.
     """
     root = Path(path)
-    _check_resolution(resolution)
-    if channels not in _MODES:
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; pass an existing directory")
     files = _list_images(root)
@@ -193,8 +219,32 @@ def load_image_folder(
         raise ValueError(
             f"no images found under {root}; expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
+    if class_cond is None:
+        class_cond = all(len(f.relative_to(root).parts) > 1 for f in files)
     labels, names = _class_of(files, root) if class_cond else (None, None)
-    decoded = [_decode(f, resolution, channels) for f in files]
+    return files, labels, names
+
+
+def load_image_folder(
+    path: str | Path,
+    resolution: int | None,
+    class_cond: bool | None = False,
+    channels: int = 3,
+) -> ImageDataset:
+    """Every image under `path` (recursive; extensions in IMAGE_EXTENSIONS, any case), in
+    sorted relative-path order, centre-cropped and resized to `resolution` (None: keep the
+    size, which must then be square and shared). Hidden files and folders are skipped. With
+    `class_cond`, class = first-level sub-folder, indexed in sorted name order over all
+    visible sub-folders (an empty one still takes an index, so two folders with the same
+    sub-folder names agree); `class_cond=None` reads classes exactly when every image sits in
+    a class sub-folder. Returns uint8 [N, R, R, channels].
+    """
+    root = Path(path)
+    _check_resolution(resolution)
+    if channels not in _MODES:
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    files, labels, names = image_folder_files(root, class_cond)
+    decoded = [decode_image(f, resolution, channels) for f in files]
     sizes = sorted({d.shape[0] for d in decoded})
     if len(sizes) > 1:
         raise ValueError(
@@ -209,50 +259,6 @@ def load_image_folder(
     )
 
 
-def _images_from_npz(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
-    x = arrays[key]
-    if x.dtype != np.uint8:
-        raise ValueError(
-            f"{path}[{key!r}] has dtype {x.dtype}; iddpm expects uint8 pixels in [0, 255] "
-            "(convert with np.round(x * 255).astype(np.uint8) for floats in [0, 1])"
-        )
-    if key == "data" and x.ndim == 2:
-        # downsampled-ImageNet layout: rows are flattened [3, H, W] (CHW) images
-        side = math.isqrt(x.shape[1] // 3)
-        if 3 * side * side != x.shape[1]:
-            raise ValueError(
-                f"{path}['data'] rows have {x.shape[1]} values, not 3*H*H; expected the "
-                "downsampled-ImageNet layout [N, 3*H*W]"
-            )
-        return x.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
-    if x.ndim == 3:
-        x = x[..., None]  # [N, H, W] grey
-    if x.ndim != 4 or x.shape[-1] not in _MODES:
-        raise ValueError(
-            f"{path}[{key!r}] has shape {x.shape}; expected uint8 [N, H, W, C] with C in (1, 3) "
-            "(channels last: transpose NCHW arrays with x.transpose(0, 2, 3, 1))"
-        )
-    return x
-
-
-def _labels_from_npz(
-    arrays: dict[str, np.ndarray], n: int, one_based: bool, path: Path
-) -> np.ndarray | None:
-    key = next((k for k in _LABEL_KEYS if k in arrays), None)
-    if key is None:
-        return None
-    y = np.asarray(arrays[key])
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"{path}[{key!r}] has {y.dtype} {y.shape}; labels must be integers of shape [{n}]"
-        )
-    y = y.astype(np.int64) - (1 if one_based else 0)
-    if n and y.min() < 0:
-        base = "1-based (downsampled-ImageNet layout)" if one_based else "0-based"
-        raise ValueError(f"{path}[{key!r}] has labels below the first class; they must be {base}")
-    return y
-
-
 def load_npz(
     path: str | Path, key: str | None = None, resolution: int | None = None
 ) -> ImageDataset:
@@ -262,30 +268,11 @@ def load_npz(
     Also reads the downsampled-ImageNet layout: `data` uint8 [N, 3·H·W] rows in CHW order
     (H inferred from the row length) with 1-based `labels`, returned 0-based.
     num_classes = max label + 1. `resolution` crops/resizes with `crop_resize`.
+    A missing file raises FileNotFoundError; a truncated or corrupt one a one-line ValueError.
     """
     path = Path(path)
     _check_resolution(resolution)
-    if not path.is_file():
-        raise FileNotFoundError(f"npz file {path} does not exist; pass an existing .npz file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"cannot read {path} as .npz ({e}); pass a file written by np.savez"
-        ) from e
-    if key is None:
-        key = next((k for k in _IMAGE_KEYS if k in arrays), None)
-    if key not in arrays:
-        raise ValueError(
-            f"{path} has no image array {key or ''} (keys: {', '.join(arrays) or 'none'}); "
-            f"store uint8 images under one of: {', '.join(_IMAGE_KEYS)}"
-        )
-    images = _images_from_npz(arrays, key, path)
-    if len(images) == 0:
-        raise ValueError(f"{path}[{key!r}] holds no images; pass a file with at least one")
-    imagenet = key == "data" and arrays[key].ndim == 2
-    labels = _labels_from_npz(arrays, len(images), imagenet, path)
+    images, labels = read_npz(path, key)
     if resolution is not None:
         images = resize_images(images, resolution)
     elif images.shape[1] != images.shape[2]:

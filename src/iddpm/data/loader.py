@@ -25,6 +25,8 @@ that would have come next (the permutation is a pure function of (seed, epoch)).
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,10 +106,20 @@ class BatchIterator:
         lo = start + self.rank * base + min(self.rank, extra)
         return lo, lo + base + (1 if self.rank < extra else 0)
 
+    def _upcoming(self) -> tuple[int, int]:
+        """(epoch, position) of the next global batch."""
+        if self.position >= self.steps_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.position
+
+    def peek_slots(self) -> tuple[int, int, int]:
+        """(epoch, start, stop) that `next_slots` will return next, without advancing."""
+        epoch, position = self._upcoming()
+        return (epoch, *self._rank_slots(position))
+
     def next_slots(self) -> tuple[int, int, int]:
         """Advance one step; return (epoch, start, stop) of this rank's slots in that epoch."""
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
+        self.epoch, self.position = self._upcoming()
         start, stop = self._rank_slots(self.position)
         self.position += 1
         return self.epoch, start, stop
@@ -136,6 +148,17 @@ class BatchIterator:
         self.epoch, self.position = epoch, position
 
 
+def _mapped_file(images: np.ndarray) -> tuple[str, int, int] | None:
+    """(file, byte offset of row 0, bytes per row) when `images` is a whole np.memmap of a
+    file in C order (not a view of one, whose offset numpy does not track), else None."""
+    whole = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
+    if not (whole and images.flags.c_contiguous and images.filename):
+        return None
+    if not hasattr(os, "posix_fadvise"):  # e.g. macOS: no readahead hints
+        return None
+    return str(images.filename), int(images.offset), int(images.strides[0])
+
+
 class ImageBatches:
     """Endless training batches from uint8 images: dict(x0=float32 [B, C, H, W] in [−1, 1],
     y=int64 [B] when labels are given).
@@ -144,6 +167,12 @@ class ImageBatches:
     With `random_flip`, slot j of epoch e is mirrored left-right iff
     `default_rng((seed, e, FLIP_STREAM)).random(N)[j] < 0.5`: a pure function of
     (seed, epoch, slot), so resuming and changing the rank count give the same flips.
+
+    Memory-mapped images (a prepared dataset, `np.load(mmap_mode="r")`): each batch reads
+    only its rows (fancy indexing copies them), so a rank holds its batches, not the data.
+    With `prefetch`, after each batch the kernel is asked (posix_fadvise WILLNEED) to start
+    reading the next batch's rows from disk while this one trains; a hint only, so batches
+    are the same with it or without.
     """
 
     def __init__(
@@ -156,6 +185,7 @@ class ImageBatches:
         world_size: int = 1,
         random_flip: bool = False,
         drop_last: bool = True,
+        prefetch: bool = True,
     ) -> None:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(
@@ -174,6 +204,7 @@ class ImageBatches:
         self.images, self.labels, self.random_flip = images, labels, random_flip
         self.index = BatchIterator(len(images), batch_size, seed, rank, world_size, drop_last)
         self._flip_epoch, self._flip = -1, np.empty(0, bool)
+        self._file = _mapped_file(images) if prefetch else None
 
     def _flips(self, epoch: int) -> np.ndarray:
         if epoch != self._flip_epoch:
@@ -194,7 +225,24 @@ class ImageBatches:
         out = {"x0": to_model_range(batch)}
         if self.labels is not None:
             out["y"] = torch.from_numpy(self.labels[idx])
+        if self._file is not None:
+            self._prefetch_next()
         return out
+
+    def _prefetch_next(self) -> None:
+        """Ask the kernel to read the next batch's rows ahead (asynchronous readahead)."""
+        path, offset, row = self._file
+        epoch, start, stop = self.index.peek_slots()
+        rows = np.sort(self.index.permutation(epoch)[start:stop])
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # a hint only: reading the batch itself will report real errors
+        try:
+            for r in rows.tolist():
+                os.posix_fadvise(fd, offset + r * row, row, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
     def state_dict(self) -> dict[str, int]:
         return self.index.state_dict()

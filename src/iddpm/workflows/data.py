@@ -1,12 +1,18 @@
-"""The data a model needs, with every check, written once (training, bits/dim, sweeps)."""
+"""The data a model needs, with every check, written once (training, bits/dim, sweeps),
+and preparing a data set once into the memory-mapped layout (`iddpm prepare-data`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from iddpm.config import ExperimentConfig
 from iddpm.data.images import ImageDataset
+from iddpm.data.prepared import prepare_data
 from iddpm.data.spec import load_dataset
+from iddpm.workflows.progress import Progress, silent
 
 
 def data_for_model(
@@ -46,3 +52,27 @@ def data_for_model(
         labels = None if ds.labels is None else ds.labels[:num_images]
         ds = dataclasses.replace(ds, images=ds.images[:num_images], labels=labels)
     return ds
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """Write the `split` images of data `spec` (+ labels) once, memory-mappable, to `out`."""
+
+    spec: str
+    out: Path
+    split: str = "train"
+    resolution: int | None = None
+    class_cond: bool | None = None
+
+
+def prepare(job: PrepareJob, progress: Progress = silent) -> dict[str, Any]:
+    """The `iddpm prepare-data` job (all or nothing; see `data.prepared`)."""
+    with progress("prepare-data", None, "img") as bar:
+        done = [0]
+
+        def tick(written: int, total: int) -> None:
+            bar.update(written - done[0])
+            done[0] = written
+
+        info = prepare_data(job.spec, job.out, job.split, job.resolution, job.class_cond, tick)
+    return info.to_dict()

@@ -19,7 +19,7 @@ import torch
 
 from iddpm import distributed
 from iddpm._io import read_jsonl, write_json, write_text
-from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
+from iddpm.build import build_diffusion, build_timestep_sampler, build_unet, load_init_weights
 from iddpm.checkpoint import CONFIG_FILE, METRICS_FILE
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.loader import ImageBatches
@@ -105,10 +105,11 @@ def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int =
 
 
 def build_trainer(
-    cfg: ExperimentConfig, run: Path, device: torch.device, **kwargs: Any
+    cfg: ExperimentConfig, run: Path, device: torch.device, resume: bool = False, **kwargs: Any
 ) -> tuple[Trainer, int]:
     """The trainer of `cfg` with this rank's batches of the training data (checked), and
-    the number of training images."""
+    the number of training images. A new run with `init_from` starts from that run's (or
+    checkpoint's) weights with a fresh optimizer; a resumed one from its own checkpoint."""
     ds = data_for_model(cfg, split="train", for_training=True)
     world = distributed.world_size()
     per_rank, _ = split_batch(cfg.train.batch_size, world, cfg.train.microbatch)
@@ -122,8 +123,11 @@ def build_trainer(
         random_flip=cfg.train.random_flip,
     )
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
+    model = build_unet(cfg.model)
+    if cfg.train.init_from and not resume:  # fine-tuning: another run's weights
+        load_init_weights(model, cfg.train.init_from, cfg.train.init_weights)
     trainer = Trainer(
-        build_unet(cfg.model),
+        model,
         build_diffusion(cfg.diffusion),
         batches,
         build_timestep_sampler(cfg.diffusion),
@@ -183,7 +187,7 @@ def train(
     cfg, run = job.config, job.run_dir
     _check_run_dir(run, job.resume)
     max_seconds = job.max_minutes * 60 if job.max_minutes else None
-    trainer, num_images = build_trainer(cfg, run, torch.device(device))
+    trainer, num_images = build_trainer(cfg, run, torch.device(device), job.resume)
     if job.resume:
         trainer.resume(run)
         if distributed.is_main():
