@@ -38,7 +38,6 @@ import torch
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType
 from iddpm.diffusion.likelihood import StepNoise, _repeat_kwargs
 from iddpm.diffusion.samplers import (
-    Generators,
     SamplerStep,
     ancestral_steps,
     per_sample_generators,
@@ -222,31 +221,16 @@ def analytic_steps(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
     *,
-    shape: Sequence[int] | None = None,
-    noise: torch.Tensor | None = None,
-    generator: Generators = None,
-    clip_denoised: bool = True,
-    model_kwargs: dict[str, Any] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
     eps_moments: Sequence[float] | torch.Tensor = (),
     clip_pixel: float = 1.0,
+    **common: Any,
 ) -> Iterator[SamplerStep]:
     """Ancestral sampling (P6, P7) with Analytic-DPM's variance: the model's mean channels,
-    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. Arguments as in
-    `samplers.ancestral_steps`; eps_moments: Γ [K] of this process."""
+    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. `common`: the shared
+    keywords of the sampler signature (as in `samplers.ancestral_steps`); eps_moments: Γ
+    [K] of this process."""
     variance = clip_for_sampling(analytic_variance(diffusion, eps_moments), clip_pixel)
-    return ancestral_steps(
-        model_fn,
-        diffusion.with_reverse_variance(variance),
-        shape=shape,
-        noise=noise,
-        generator=generator,
-        clip_denoised=clip_denoised,
-        model_kwargs=model_kwargs,
-        device=device,
-        dtype=dtype,
-    )
+    return ancestral_steps(model_fn, diffusion.with_reverse_variance(variance), **common)
 
 
 def options_from_data(

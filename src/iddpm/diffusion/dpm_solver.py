@@ -60,8 +60,8 @@ from iddpm.diffusion.samplers import (
     Generators,
     ModelFn,
     SamplerStep,
-    _initial_noise,
-    _p_mean_variance,
+    initial_noise,
+    model_step,
 )
 
 MAX_ORDER = 3
@@ -143,12 +143,12 @@ def dpm_solver_pp_steps(
         raise ValueError(
             f"max_step_ratio must be > 0, got {max_step_ratio!r}; use math.inf for none"
         )
-    x = _initial_noise(shape, noise, generator, device, dtype)
+    x = initial_noise(shape, noise, generator, device, dtype)
     abar = diffusion.alphas_cumprod.tolist()
     lam = half_log_snr(diffusion.alphas_cumprod).tolist()
     preds: list[torch.Tensor] = []  # newest first, at most `order`
     for t in reversed(range(diffusion.num_timesteps)):
-        out = _p_mean_variance(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
+        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
         preds = [out.pred_x0, *preds][:order]
         if t == 0:
             # the step to the data (λ → ∞) is x̂0 itself; see the module docstring

@@ -90,13 +90,16 @@ def _randn(
     return torch.stack(rows)
 
 
-def _initial_noise(
+def initial_noise(
     shape: Sequence[int] | None,
     noise: torch.Tensor | None,
     generator: Generators,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
+    """The starting x_T of a sampler: `noise` itself (moved to device/dtype), or standard
+    normal noise of `shape` drawn from `generator` (one per sample: row i from generator
+    i). Defaults: cpu and float32."""
     if noise is None and shape is None:
         raise ValueError("pass either noise= (the starting x_T) or shape= (to draw it)")
     if noise is not None:
@@ -116,7 +119,7 @@ def _timesteps(t: int, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _p_mean_variance(
+def model_step(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
     x: torch.Tensor,
@@ -124,6 +127,8 @@ def _p_mean_variance(
     clip_denoised: bool,
     model_kwargs: Mapping[str, Any] | None,
 ) -> PMeanVar:
+    """One network call at process index t (an int, for the whole batch) and the reverse
+    step's mean, variance and x̂0 it implies (P6–P8), without autograd."""
     tt = _timesteps(t, x)
     out = model_fn(x, tt, **(model_kwargs or {}))
     return diffusion.p_mean_variance(out, x, tt, clip_denoised=clip_denoised)
@@ -149,9 +154,9 @@ def ancestral_steps(
     added at t = 0, so the last x is μ_θ(x_1, 0). Works for every mean and variance type
     through `diffusion.p_mean_variance` (a learned-Σ model outputs 2C channels).
     """
-    x = _initial_noise(shape, noise, generator, device, dtype)
+    x = initial_noise(shape, noise, generator, device, dtype)
     for t in reversed(range(diffusion.num_timesteps)):
-        out = _p_mean_variance(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
+        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
         x = out.mean
         if t > 0:  # the last step returns the mean: the decoder's noise is not sampled
             z = _randn(x.shape, generator, x.device, x.dtype)
@@ -183,10 +188,10 @@ def ddim_steps(
     if not 0.0 <= eta <= 1.0:
         # σ_t² would exceed 1 − ᾱ_{t−1} for η > 1, leaving no room for the ε̂ direction.
         raise ValueError(f"eta must be in [0, 1], got {eta}; 0 is deterministic, 1 is DDPM-like")
-    x = _initial_noise(shape, noise, generator, device, dtype)
+    x = initial_noise(shape, noise, generator, device, dtype)
     tables = diffusion.tables_on(x.device)
     for t in reversed(range(diffusion.num_timesteps)):
-        out = _p_mean_variance(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
+        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
         tt = _timesteps(t, x)
         abar = broadcast_at(tables["alphas_cumprod"], tt, x)
         abar_prev = broadcast_at(tables["alphas_cumprod_prev"], tt, x)
@@ -224,7 +229,7 @@ def ddim_reverse_steps(
     tables = diffusion.tables_on(x.device)
     for t in range(diffusion.num_timesteps):
         src = max(t - 1, 0)
-        out = _p_mean_variance(model_fn, diffusion, x, src, clip_denoised, model_kwargs)
+        out = model_step(model_fn, diffusion, x, src, clip_denoised, model_kwargs)
         pred_x0 = x if t == 0 else out.pred_x0
         abar = broadcast_at(tables["alphas_cumprod"], _timesteps(t, x), x)
         x = abar.sqrt() * pred_x0 + (1 - abar).sqrt() * out.eps
