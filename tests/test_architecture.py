@@ -42,7 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},
-    "model.convert": {"model.layers", "model.unet", "config"},
+    "model.convert": {"model.layers", "model.unet", "config", "_io"},
     "data.images": {"config", "data.loader"},
     "data.bundled": {"data.images", "config"},
     "data.loader": set(),
