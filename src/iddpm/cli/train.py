@@ -11,16 +11,16 @@ import click
 from iddpm.cli._command import job_command
 from iddpm.cli.options import apply_overrides, changed_fields, experiment_options
 from iddpm.presets import PRESETS
-from iddpm.workflows.train import TrainJob, base_config
+from iddpm.workflows.train import DEFAULT_PRESET, TrainJob, base_config
 from iddpm.workflows.train import train as train_job
 
 
 @click.command()
 @click.option(
     "--preset",
-    default="digits",
-    show_default=True,
-    help=f"starting recipe ({', '.join(PRESETS)}); every flag below overrides one field of it",
+    default=None,
+    help=f"starting recipe ({', '.join(PRESETS)}; default: {DEFAULT_PRESET}); every flag "
+    "below overrides one field of it",
 )
 @click.option(
     "--config",
@@ -47,7 +47,7 @@ from iddpm.workflows.train import train as train_job
 @experiment_options
 @job_command
 def train(
-    preset: str,
+    preset: str | None,
     config_file: Path | None,
     run_dir: Path,
     resume: bool,

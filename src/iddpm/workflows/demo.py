@@ -71,7 +71,9 @@ def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
         raise ValueError(f"--nll-images must be >= 0 (0: all test images), got {job.nll_images}")
     parse_steps(job.sample_steps, cfg.diffusion.num_timesteps)
     registry.make_options(job.sampler, job.sampler_options)
-    check_new_run(job.run_dir)
+    check_new_run(
+        job.run_dir, hint="choose another --run-dir, or leave it out to get a free folder"
+    )
 
 
 def run_demo(
