@@ -51,9 +51,21 @@ def check_writable_dir(path: Path, flag: str) -> None:
             f"{flag} {path} lies under {existing}, which is a file; choose another path"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
+        if _read_only_file_system(existing):
+            raise PermissionError(
+                f"{flag} {path}: {existing} lies on a read-only file system; choose a folder "
+                "on a writable one"
+            )
         raise PermissionError(
             f"{flag} {path}: {existing} is not writable; choose a folder you can write to"
         )
+
+
+def _read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on this platform
+        return False
 
 
 def check_output_file(path: Path, flag: str) -> None:
