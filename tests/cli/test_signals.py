@@ -145,3 +145,8 @@ def test_ctrl_c_while_starting_up_exits_quietly(monkeypatch, capsys) -> None:
         iddpm.cli.main()
     assert stop.value.code == 130
     assert capsys.readouterr().err == "iddpm: interrupted\n"
+
+
+def test_train_help_documents_the_exit_codes() -> None:
+    text = " ".join(invoke(["train", "--help"]).stdout.split())
+    assert "exits 130 or 143" in text and "--resume" in text and "exit 2" in text

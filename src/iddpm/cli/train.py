@@ -59,8 +59,9 @@ def train(
 ) -> dict[str, Any]:
     """Train a model (one process, or under torchrun with one process per GPU).
 
-    Ctrl-C or SIGTERM saves a checkpoint, prints the JSON line and exits 130 or 143;
-    `--resume` continues exactly.
+    Ctrl-C or SIGTERM saves a checkpoint, prints the JSON line ("interrupted": true) and
+    exits 130 or 143, so `iddpm train … && iddpm sample …` stops there; rerun with
+    `--resume` to continue exactly. Bad input: one line on stderr, exit 2.
 
     \b
     One GPU:        iddpm train --preset cifar10 --data cifar10:DIR --run-dir runs/c10
