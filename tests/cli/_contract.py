@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 DO_WORDS = re.compile(
     r"--[a-z]|\b(use|pass|choose|give|drop|delete|remove|free|raise|run|train|install|"
     r"repair|check|set|lower|add|rename|store|resume|replace|restore|convert|start|"
-    r"retry|keep|transpose|put|make|write)\b",
+    r"retry|keep|transpose|put|make|write|download|extract|give|fix)\b",
     re.IGNORECASE,
 )
 TINY_TRAIN = [

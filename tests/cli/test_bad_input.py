@@ -93,6 +93,7 @@ def tampered(tmp: Path, t: Templates, edit: Callable[[dict], None]) -> Path:
 
 
 SAMPLE = ["--num", "2", "--steps", "5"]
+DEMO = ["demo", "--run-dir", "d", "--minutes", "0.01", "--max-steps", "1", "--num-samples", "2"]
 
 
 # ---- missing paths ---------------------------------------------------------------------
@@ -237,6 +238,65 @@ case("fid: inception without its package", "pip install")(
         "inception",
     ]
 )
+
+
+case("train: --precision fp16 on the CPU", "--precision")(
+    lambda tmp, t: ["train", *TINY_TRAIN, "--precision", "fp16", "--device", "cpu"]
+)
+case("train: --steps 0", "--steps")(lambda tmp, t: ["train", *TINY_TRAIN, "--steps", "0"])
+case("train: negative --lr", "--lr")(lambda tmp, t: ["train", *TINY_TRAIN, "--lr", "-1"])
+case("train: --channel-mult not numbers (usage)", "--channel-mult")(
+    lambda tmp, t: ["train", *TINY_TRAIN, "--channel-mult", "a,b"]
+)
+case("train: --max-minutes 0 (usage)", "--max-minutes")(
+    lambda tmp, t: ["train", *TINY_TRAIN, "--max-minutes", "0"]
+)
+case("train: cifar10 folder missing", "nowhere")(
+    lambda tmp, t: ["train", *TINY_TRAIN, "--data", "cifar10:nowhere"]
+)
+case("train --resume: --run-dir is a file", "afile")(
+    lambda tmp, t: ["train", "--resume", "--run-dir", a_file(tmp)]
+)
+case("sample: --class for an unconditional model", "--class")(
+    lambda tmp, t: ["sample", run_copy(tmp, t), *SAMPLE, "--class", "3"]
+)
+case("sweep: unknown sampler", "nope")(
+    lambda tmp, t: ["sweep", run_copy(tmp, t), "--samplers", "nope"]
+)
+case("sweep: --nfe not numbers", "abc")(lambda tmp, t: ["sweep", run_copy(tmp, t), "--nfe", "abc"])
+case("nll: float npz as --data", "uint8")(
+    lambda tmp, t: [
+        "nll",
+        run_copy(tmp, t),
+        "--data",
+        np.savez(tmp / "f.npz", arr_0=np.zeros((2, 8, 8, 1), np.float32)) or "f.npz",
+    ]
+)
+case("nll: data unlike the model's", "channel")(
+    lambda tmp, t: [
+        "nll",
+        run_copy(tmp, t),
+        "--data",
+        np.savez(tmp / "b.npz", arr_0=np.zeros((2, 16, 16, 3), np.uint8)) or "b.npz",
+    ]
+)
+
+
+@case("fid: truncated --ref statistics", "ref.npz")
+def _(tmp, t):
+    np.savez(tmp / "full.npz", mu=np.zeros(64), sigma=np.eye(64))
+    write(tmp / "ref.npz", (tmp / "full.npz").read_bytes()[:500])
+    (tmp / "full.npz").unlink()
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: --ref statistics of other features", "--features")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", mu=np.zeros(5), sigma=np.eye(5))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 
 # ---- devices ---------------------------------------------------------------------------
@@ -467,7 +527,6 @@ case("convert: wrong --num-heads", "--num-heads")(
 
 
 # ---- demo: every option checked before it trains ---------------------------------------
-DEMO = ["demo", "--run-dir", "d", "--minutes", "0.01", "--max-steps", "1", "--num-samples", "2"]
 case("demo: --run-dir holds a run", "choose another")(
     lambda tmp, t: [*DEMO, "--run-dir", run_copy(tmp, t)]
 )

@@ -4,6 +4,7 @@ sampler S at K steps and score it" for sweeps and the demo."""
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def is_stats_file(ref: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as f:
             return "mu" in f.files or "feature_sum" in f.files
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(
             f"cannot read {path} as .npz ({e}); pass a file written by np.savez"
         ) from None

@@ -114,6 +114,8 @@ def check_resumable(run: Path) -> None:
     """`run` holds a complete checkpoint to resume from; one line saying what to do if not."""
     if has_checkpoints(run):
         return
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--resume: --run-dir {run} is a file; pass the run's folder")
     if (run / CONFIG_FILE).is_file() or (run / CHECKPOINT_DIR).is_dir():
         raise FileNotFoundError(
             f"--resume: {run} has no complete checkpoint (training stopped before its first "
@@ -171,10 +173,13 @@ def build_trainer(
     return trainer, len(ds)
 
 
-def _check_run_dir(run: Path, resume: bool) -> None:
-    if resume:
+def _check_job(job: TrainJob) -> None:
+    run = job.run_dir
+    if job.resume:
         check_resumable(run)
     else:
+        if job.config.train.steps < 1:
+            raise ValueError("--steps 0 trains nothing; give the number of steps to train")
         check_new_run(run)
     check_run_writable(run)
 
@@ -215,7 +220,7 @@ def train(
     "signal" names the signal.
     """
     cfg, run = job.config, job.run_dir
-    _check_run_dir(run, job.resume)
+    _check_job(job)
     max_seconds = job.max_minutes * 60 if job.max_minutes else None
     trainer, num_images = build_trainer(cfg, run, torch.device(device))
     if job.resume:
