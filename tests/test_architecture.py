@@ -58,7 +58,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},
-    "model.convert": {"model.layers", "model.unet", "config"},
+    "model.convert": {"model.layers", "model.unet", "config", "_io"},
     "data.npz": set(),
     "data.images": {"config", "data.loader", "data.npz"},
     "data.bundled": {"data.images", "config"},

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from iddpm._io import atomic_write, remove_stale_temporaries
+from iddpm._io import atomic_write, load_tensors, remove_stale_temporaries
 from iddpm.config import ExperimentConfig
 
 FORMAT_VERSION = 1
@@ -42,6 +42,7 @@ SAMPLES_DIR = "samples"
 PLOTS_DIR = "plots"
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_EARLIER = "use an earlier checkpoint of the run (delete this one and the run falls back to it)"
 
 
 @dataclass(frozen=True)
@@ -156,19 +157,16 @@ def load_checkpoint(
     """Load a checkpoint safely (weights_only) and check its format version.
 
     One-line errors: FileNotFoundError for a missing path or a run with no checkpoints;
-    ValueError for a corrupt or truncated file or an unknown format_version.
+    ValueError for a damaged or foreign file (never unpickled beyond tensors) or an unknown
+    format_version.
     """
     path = resolve_checkpoint(path_or_run_dir)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for damaged files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {first}); "
-            "delete it and resume from an earlier checkpoint"
-        ) from None
+    state = load_tensors(path, "checkpoint", _EARLIER, map_location)
     if not isinstance(state, dict) or "format_version" not in state:
-        raise ValueError(f"{path} is not an iddpm checkpoint (no format_version); pass one")
+        raise ValueError(
+            f"{path} is not an iddpm checkpoint (no format_version); pass one written by "
+            "iddpm (a model of openai/improved-diffusion: convert it with `iddpm convert`)"
+        )
     version = state["format_version"]
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -183,7 +181,7 @@ def checkpoint_config(state: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.from_dict(state["config"])
     except (KeyError, TypeError, AttributeError):
-        raise ValueError("the checkpoint's config is missing or malformed") from None
+        raise ValueError(f"the checkpoint's config is missing or malformed; {_EARLIER}") from None
 
 
 def load_for_inference(

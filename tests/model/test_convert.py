@@ -247,7 +247,7 @@ def test_conversion_errors_name_the_problem(fixture, tmp_path: Path) -> None:
         convert_reference_state_dict(sd, cfg.replace(num_heads=3))
     with pytest.raises(ValueError, match="not an improved-diffusion UNetModel"):
         infer_reference_config({"foo": np.zeros(1)}, 8)
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt does not exist; pass a model\.pt"):
         load_reference_checkpoint(tmp_path / "missing.pt", 8)
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):

@@ -52,11 +52,13 @@ def test_resume_takes_the_runs_own_config_and_refuses_another(tmp_path: Path) ->
     cfg = tiny_experiment()
     run = tmp_path / "run"
     train(TrainJob(cfg, run))
-    assert base_config("cifar10", None, run, resume=True) == cfg
+    assert base_config(None, None, run, resume=True) == cfg
+    with pytest.raises(ValueError, match="drop --preset"):
+        base_config("cifar10", None, run, resume=True)
     with pytest.raises(ValueError, match="drop --config"):
-        base_config("digits", tmp_path / "other.json", run, resume=True)
-    with pytest.raises(FileNotFoundError, match="not an iddpm run"):
-        base_config("digits", None, tmp_path / "nothing", resume=True)
+        base_config(None, tmp_path / "other.json", run, resume=True)
+    with pytest.raises((FileNotFoundError, ValueError)):
+        base_config(None, None, tmp_path / "nothing", resume=True)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"--config .*bad.json is not valid JSON"):

@@ -11,16 +11,16 @@ import click
 from iddpm.cli._command import job_command
 from iddpm.cli.options import apply_overrides, changed_fields, experiment_options
 from iddpm.presets import PRESETS
-from iddpm.workflows.train import TrainJob, base_config
+from iddpm.workflows.train import DEFAULT_PRESET, TrainJob, base_config
 from iddpm.workflows.train import train as train_job
 
 
 @click.command()
 @click.option(
     "--preset",
-    default="digits",
-    show_default=True,
-    help=f"starting recipe ({', '.join(PRESETS)}); every flag below overrides one field of it",
+    default=None,
+    help=f"starting recipe ({', '.join(PRESETS)}; default: {DEFAULT_PRESET}); every flag "
+    "below overrides one field of it",
 )
 @click.option(
     "--config",
@@ -47,7 +47,7 @@ from iddpm.workflows.train import train as train_job
 @experiment_options
 @job_command
 def train(
-    preset: str,
+    preset: str | None,
     config_file: Path | None,
     run_dir: Path,
     resume: bool,
@@ -59,8 +59,9 @@ def train(
 ) -> dict[str, Any]:
     """Train a model (one process, or under torchrun with one process per GPU).
 
-    Ctrl-C or SIGTERM saves a checkpoint, prints the JSON line and exits 130 or 143;
-    `--resume` continues exactly.
+    Ctrl-C or SIGTERM saves a checkpoint, prints the JSON line ("interrupted": true) and
+    exits 130 or 143, so `iddpm train … && iddpm sample …` stops there; rerun with
+    `--resume` to continue exactly. Bad input: one line on stderr, exit 2.
 
     \b
     One GPU:        iddpm train --preset cifar10 --data cifar10:DIR --run-dir runs/c10
@@ -68,6 +69,11 @@ def train(
     Several nodes:  torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\
                       --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m iddpm train ...
     """
+    if resume and values.get("train__init_from") is not None:
+        raise ValueError(
+            "--init-from starts a new run from other weights; a resumed run continues from "
+            "its own checkpoint: drop --init-from, or train a new --run-dir"
+        )
     cfg = apply_overrides(base_config(preset, config_file, run_dir, resume), values)
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))

@@ -217,7 +217,8 @@ def image_folder_files(
     files = _list_images(root)
     if not files:
         raise ValueError(
-            f"no images found under {root}; expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
+            f"no images found under {root}; put files ending in {', '.join(IMAGE_EXTENSIONS)} "
+            "there or pass another folder"
         )
     if class_cond is None:
         class_cond = all(len(f.relative_to(root).parts) > 1 for f in files)

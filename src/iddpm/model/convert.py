@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from iddpm._io import load_tensors
 from iddpm.config import UNetConfig
 from iddpm.model.unet import UNet
 
+_REFERENCE_FIX = "pass a model.pt or ema_*.pt of openai/improved-diffusion"
 # Reference keyword-argument defaults of UNetModel (those that may be omitted).
 _REF_DEFAULTS: dict[str, Any] = {
     "dropout": 0.0,
@@ -86,11 +88,13 @@ def reference_config(*, image_size: int, **ref_kwargs: Any) -> UNetConfig:
         raise ValueError(f"reference config is missing {missing}; pass every required argument")
     kw = {**_REF_DEFAULTS, **ref_kwargs}
     if kw["dims"] != 2:
-        raise ValueError(f"only 2-d reference models are supported, got dims={kw['dims']}")
+        raise ValueError(
+            f"only 2-d reference models are supported, got dims={kw['dims']}; convert a 2-d one"
+        )
     if kw["num_heads_upsample"] not in (-1, kw["num_heads"]):
         raise ValueError(
             f"num_heads_upsample={kw['num_heads_upsample']} differs from num_heads="
-            f"{kw['num_heads']}; our UNet uses one head count throughout"
+            f"{kw['num_heads']}; our UNet uses one head count throughout: set them equal"
         )
     mult = tuple(int(m) for m in kw["channel_mult"])
     rates = {2**level for level in range(len(mult))}
@@ -127,8 +131,8 @@ def infer_reference_config(
     shape = {k: tuple(v.shape) for k, v in state_dict.items()}
     if "input_blocks.0.0.weight" not in shape or "out.2.weight" not in shape:
         raise ValueError(
-            "state dict lacks input_blocks.0.0.weight / out.2.weight; "
-            "it is not an improved-diffusion UNetModel state dict"
+            "state dict lacks input_blocks.0.0.weight / out.2.weight, so it is not an "
+            f"improved-diffusion UNetModel state dict; {_REFERENCE_FIX}"
         )
     mc, in_ch = shape["input_blocks.0.0.weight"][:2]
     enc_res = _indices(shape, "input_blocks", "in_layers.0.weight")
@@ -137,7 +141,7 @@ def infer_reference_config(
     if levels < 1 or len(enc_res) % levels or dec_res != list(range(len(dec_res))):
         raise ValueError(
             f"cannot infer levels from {len(enc_res)} encoder and {len(dec_res)} decoder "
-            "residual blocks; is the state dict complete?"
+            f"residual blocks; the state dict is incomplete: {_REFERENCE_FIX}"
         )
     nrb = len(enc_res) // levels
     first = [1 + level * (nrb + 1) for level in range(levels)]
@@ -152,7 +156,8 @@ def infer_reference_config(
     if enc_attn != dec_attn:
         raise ValueError(
             f"attention at encoder levels {sorted(enc_attn)} but decoder levels "
-            f"{sorted(dec_attn)}; our UNet places attention symmetrically"
+            f"{sorted(dec_attn)}; our UNet places attention symmetrically, so convert only "
+            "models with the same attention resolutions in both halves"
         )
     emb_out = shape["input_blocks.1.0.emb_layers.1.weight"][0]
     return UNetConfig(
@@ -214,7 +219,9 @@ def _our_key(key: str) -> str:
     m = _MIDDLE_KEY.match(key)
     if m and m.group(2) in _INNER_NAMES:
         return f"{_MIDDLE[int(m.group(1))]}.{_INNER_NAMES[m.group(2)][1]}.{m.group(3)}"
-    raise ValueError(f"unexpected key {key!r}; not an improved-diffusion UNetModel state dict")
+    raise ValueError(
+        f"unexpected key {key!r}; not an improved-diffusion UNetModel state dict: {_REFERENCE_FIX}"
+    )
 
 
 def _qkv_per_head_to_grouped(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -300,16 +307,30 @@ def load_reference_checkpoint(
 
     The config is `cfg` when given, else inferred from shapes (see
     `infer_reference_config`). Files are read with `torch.load(weights_only=True)` onto
-    the CPU, so loading never runs pickled code. Returns (config, model in eval mode).
+    the CPU, so loading never runs pickled code; a file that is not a reference state dict
+    (damaged, foreign, an iddpm checkpoint, a folder) is a one-line error saying what to
+    pass. Returns (config, model in eval mode).
     """
     sd = path_or_state_dict
     if not isinstance(sd, Mapping):
-        if not os.path.exists(sd):
-            raise FileNotFoundError(f"no checkpoint at {os.fspath(sd)!r}; check the path")
-        sd = torch.load(sd, map_location="cpu", weights_only=True)
-        if not isinstance(sd, Mapping):
-            raise ValueError(f"{os.fspath(path_or_state_dict)!r} does not hold a state dict")
+        sd = _read_reference_file(sd)
     cfg = cfg or infer_reference_config(sd, image_size, num_heads=num_heads, dropout=dropout)
     model = UNet(cfg)
     model.load_state_dict(convert_reference_state_dict(sd, cfg))
     return cfg, model.eval()
+
+
+def _read_reference_file(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The state dict in a reference .pt file, read safely (see `load_tensors`)."""
+    sd = load_tensors(path, "reference checkpoint", _REFERENCE_FIX)
+    if isinstance(sd, Mapping) and "format_version" in sd and "model" in sd:
+        raise ValueError(
+            f"{os.fspath(path)} is already an iddpm checkpoint, not a reference one; use it "
+            "directly (iddpm sample / iddpm nll / iddpm train --resume)"
+        )
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise ValueError(
+            f"reference checkpoint {os.fspath(path)} does not hold a state dict "
+            f"(it holds a {type(sd).__name__}); {_REFERENCE_FIX}"
+        )
+    return sd

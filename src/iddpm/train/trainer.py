@@ -68,7 +68,9 @@ class Trainer:
     hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps;
     on_step: on_step(trainer, record) after every step on rank 0, with the latest logged
     metrics (progress display; the trainer itself prints nothing).
-    Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was.
+    Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was;
+    config.json is written after the first checkpoint of each `run()`, so a save that fails
+    (a full disk) leaves it as it was too.
     """
 
     def __init__(
@@ -117,7 +119,8 @@ class Trainer:
         self.model_fn = ModelAdapter(self._network, scale=scale)
         self.run_dir = checkpoint.run_dir(run_dir) if run_dir is not None else None
         self.metrics = RunningMeans()
-        self.step_count, self._stop = 0, False
+        self.step_count, self._stop, self._saving = 0, False, False
+        self._config_saved = False  # config.json written in this run() yet
         self.stop_signal: str | None = None  # "SIGINT"/"SIGTERM" once one asked to stop
         self._window = (0, time.perf_counter())  # (step, time) at the last log record
         self._noise_gen = torch.Generator()
@@ -272,11 +275,14 @@ class Trainer:
         sample_every steps, checkpoints every checkpoint_every steps and at the end.
         SIGINT/SIGTERM (→ "interrupted") or more than `max_seconds` of training
         (→ "time_limit_reached") finish the current step, write a checkpoint and return.
+        A second signal aborts at once (KeyboardInterrupt) unless a checkpoint is being
+        written: that write finishes first.
         Returns a summary dict.
         """
         total = self.cfg.train.steps if num_steps is None else num_steps
         if self.run_dir is not None and distributed.is_main():
-            self.run_dir.create(self.cfg)
+            self.run_dir.create()  # the folders; config.json comes with the first checkpoint
+            self._config_saved = False
         start_step, start_time = self.step_count, time.perf_counter()
         last_save, record, stopped = None, {}, (False, False)
         self._window = (self.step_count, time.perf_counter())
@@ -335,9 +341,16 @@ class Trainer:
         path = None
         if self.run_dir is not None and distributed.is_main():
             keep = self.cfg.train.keep_checkpoints
-            path = checkpoint.save_checkpoint(
-                self.run_dir, self.state_dict(), self.cfg, self.step_count, keep
-            )
+            self._saving = True  # SIGINT/SIGTERM now wait for the save to finish
+            try:
+                path = checkpoint.save_checkpoint(
+                    self.run_dir, self.state_dict(), self.cfg, self.step_count, keep
+                )
+                if not self._config_saved:  # after it, so a failed save changes nothing
+                    self.run_dir.create(self.cfg)
+                    self._config_saved = True
+            finally:
+                self._saving = False
         distributed.barrier()
         return path
 
@@ -363,9 +376,12 @@ class Trainer:
             return
 
         def handler(signum: int, frame: Any) -> None:
-            if self._stop:  # a second Ctrl-C aborts at once
+            # a second Ctrl-C aborts at once, except during a checkpoint save: that one
+            # finishes (a write cut short would lose the checkpoint), then run() stops
+            if self._stop and not self._saving:
                 raise KeyboardInterrupt
-            self._stop, self.stop_signal = True, signal.Signals(signum).name
+            if not self._stop:
+                self._stop, self.stop_signal = True, signal.Signals(signum).name
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -80,7 +80,9 @@ def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
         registry.get(name)
     for k in job.leaderboard_nfe:
         kept_steps(cfg.diffusion, str(k))
-    check_new_run(job.run_dir)
+    check_new_run(
+        job.run_dir, hint="choose another --run-dir, or leave it out to get a free folder"
+    )
 
 
 def run_demo(

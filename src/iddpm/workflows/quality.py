@@ -10,6 +10,7 @@ PR_MAX_FEATURES of each set: the metric's cost grows with the square of the set 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def is_stats_file(ref: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as f:
             return "mu" in f.files or "feature_sum" in f.files
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(
             f"cannot read {path} as .npz ({e}); pass a file written by np.savez"
         ) from None

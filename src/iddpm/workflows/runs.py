@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from iddpm.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from iddpm.checkpoint import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    PLOTS_DIR,
+    SAMPLES_DIR,
+    list_checkpoints,
+)
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -45,9 +51,21 @@ def check_writable_dir(path: Path, flag: str) -> None:
             f"{flag} {path} lies under {existing}, which is a file; choose another path"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
+        if _read_only_file_system(existing):
+            raise PermissionError(
+                f"{flag} {path}: {existing} lies on a read-only file system; choose a folder "
+                "on a writable one"
+            )
         raise PermissionError(
             f"{flag} {path}: {existing} is not writable; choose a folder you can write to"
         )
+
+
+def _read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on this platform
+        return False
 
 
 def check_output_file(path: Path, flag: str) -> None:
@@ -59,11 +77,28 @@ def check_output_file(path: Path, flag: str) -> None:
         raise PermissionError(f"{flag} {path} exists and is read-only; choose another name")
 
 
-def check_new_run(run: Path, flag: str = "--run-dir", overwrite: bool = False) -> None:
-    """A new run may go into `run`: a writable folder without checkpoints (or `overwrite`)."""
+def check_run_writable(run: Path, flag: str = "--run-dir") -> None:
+    """Training can write everything it writes into `run` (its folders, the metrics log it
+    appends to), checked before the first write."""
+    check_writable_dir(run, flag)
+    for sub in (CHECKPOINT_DIR, SAMPLES_DIR, PLOTS_DIR):
+        if (run / sub).exists():
+            check_writable_dir(run / sub, flag)
+    metrics = run / METRICS_FILE
+    if metrics.exists() and not os.access(metrics, os.W_OK):
+        raise PermissionError(
+            f"{flag} {run}: {METRICS_FILE} is read-only; make it writable or choose another folder"
+        )
+
+
+CONTINUE_HINT = "pass --resume to continue it, or choose another folder"
+
+
+def check_new_run(
+    run: Path, flag: str = "--run-dir", overwrite: bool = False, hint: str = CONTINUE_HINT
+) -> None:
+    """A new run may go into `run`: a writable folder without checkpoints (or `overwrite`).
+    `hint` says what to do about a folder that holds a run."""
     check_writable_dir(run, flag)
     if has_checkpoints(run) and not overwrite:
-        raise FileExistsError(
-            f"{flag} {run} already holds a run; pass --resume to continue it, or choose "
-            "another folder"
-        )
+        raise FileExistsError(f"{flag} {run} already holds a run; {hint}")

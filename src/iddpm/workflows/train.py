@@ -1,10 +1,13 @@
 """The training job: data → trainer → checkpoints (DESIGN.md §2: data yields batches, train
 consumes them; this is the one module that wires the two together).
 
-Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state,
-the data, the model and trainer, the checkpoint to resume from are all checked first; only
-then does the run write: config.json, the metrics log cut back to the checkpoint's step on a
-resume, checkpoints, train_result.json.
+Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state
+and permissions, the data, the model and trainer, the checkpoint to resume from are all
+checked first; only then does the run write: the metrics log cut back to the checkpoint's
+step (a fresh start drops the lines of a run killed before its first save), checkpoints
+with config.json, train_result.json. A run that fails while training (a full disk at a
+save, an abort) cuts the metrics back to its last checkpoint again, so the log never holds
+steps that no checkpoint has.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from typing import Any
 import torch
 
 from iddpm import distributed
-from iddpm._io import read_jsonl, write_json, write_text
+from iddpm._io import truncate_jsonl, write_json
 from iddpm.build import build_diffusion, build_timestep_sampler, build_unet, load_init_weights
-from iddpm.checkpoint import CONFIG_FILE, METRICS_FILE
+from iddpm.checkpoint import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    checkpoint_config,
+    list_checkpoints,
+    load_checkpoint,
+)
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.loader import ImageBatches
 from iddpm.generate import sample_images
@@ -30,9 +40,10 @@ from iddpm.train.trainer import Trainer
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_new_run, has_checkpoints
+from iddpm.workflows.runs import check_new_run, check_run_writable, has_checkpoints
 
 RESULT_FILE = "train_result.json"
+DEFAULT_PRESET = "digits"
 
 
 @dataclass(frozen=True)
@@ -62,31 +73,57 @@ def read_config_file(path: Path, what: str) -> ExperimentConfig:
         raise ValueError(f"{what} {path} does not hold a JSON object of config sections")
     try:
         return ExperimentConfig.from_dict(data)
-    except (TypeError, AttributeError) as e:
-        raise ValueError(f"{what} {path} is not an iddpm config ({e})") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"{what} {path} is not a valid iddpm config ({' '.join(str(e).split())}); fix it, "
+            "or start from one that `iddpm train --print-config` writes"
+        ) from None
 
 
 def base_config(
-    preset: str, config_file: Path | None, run_dir: Path, resume: bool
+    preset: str | None, config_file: Path | None, run_dir: Path, resume: bool
 ) -> ExperimentConfig:
     """What command-line flags override: the run's own config on --resume, else --config,
-    else the preset."""
+    else the preset (default DEFAULT_PRESET). A resumed run continues its own config, so
+    --preset and --config are refused with it rather than ignored."""
     if resume:
-        if config_file is not None:
+        given = [f for f, v in (("--preset", preset), ("--config", config_file)) if v is not None]
+        if given:
             raise ValueError(
-                "--resume continues the run's own config; drop --config (flags such as "
-                "--steps may still change it)"
+                f"--resume continues the run's own config; drop {' and '.join(given)} "
+                "(flags such as --steps may still change it)"
             )
-        path = run_dir / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"--resume: {run_dir} has no {CONFIG_FILE}, so it is not an iddpm run; "
-                "train without --resume to start one"
-            )
-        return read_config_file(path, "the run's config")
+        return run_config(run_dir)
     if config_file is not None:
         return read_config_file(config_file, "--config")
-    return get_preset(preset)
+    return get_preset(preset or DEFAULT_PRESET)
+
+
+def run_config(run: Path) -> ExperimentConfig:
+    """The config a resumed run continues: RUN/config.json, or the one its latest
+    checkpoint carries when that file is missing or damaged (every checkpoint stores the
+    config; the run rewrites config.json with its next checkpoint)."""
+    check_resumable(run)
+    try:
+        return read_config_file(run / CONFIG_FILE, "the run's config")
+    except (OSError, ValueError):
+        return checkpoint_config(load_checkpoint(run))
+
+
+def check_resumable(run: Path) -> None:
+    """`run` holds a complete checkpoint to resume from; one line saying what to do if not."""
+    if has_checkpoints(run):
+        return
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--resume: --run-dir {run} is a file; pass the run's folder")
+    if (run / CONFIG_FILE).is_file() or (run / CHECKPOINT_DIR).is_dir():
+        raise FileNotFoundError(
+            f"--resume: {run} has no complete checkpoint (training stopped before its first "
+            "save); run without --resume to start afresh"
+        )
+    raise FileNotFoundError(
+        f"--resume: {run} holds no iddpm run; train without --resume to start one"
+    )
 
 
 def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int = 64):
@@ -140,23 +177,25 @@ def build_trainer(
     return trainer, len(ds)
 
 
-def _check_run_dir(run: Path, resume: bool) -> None:
-    if not resume:
+def _check_job(job: TrainJob) -> None:
+    run = job.run_dir
+    if job.resume:
+        check_resumable(run)
+    else:
+        if job.config.train.steps < 1:
+            raise ValueError("--steps 0 trains nothing; give the number of steps to train")
         check_new_run(run)
-    elif not has_checkpoints(run):
-        raise FileNotFoundError(
-            f"--resume: {run} has no complete checkpoint (training never saved one); "
-            "run without --resume to start afresh"
-        )
+    check_run_writable(run)
 
 
 def _cut_metrics(run: Path, step: int) -> None:
-    """Drop the metric lines past `step` (re-trained after a kill), atomically."""
-    path = run / METRICS_FILE
-    rows = read_jsonl(path)
-    kept = [r for r in rows if int(r.get("step", 0)) <= step]
-    if len(kept) != len(rows) or (path.exists() and not path.read_text().endswith("\n")):
-        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    """Drop the metric lines past `step` (steps to be trained again), in place."""
+    truncate_jsonl(run / METRICS_FILE, lambda row: int(row.get("step", 0)) <= step)
+
+
+def _last_saved_step(run: Path) -> int:
+    found = list_checkpoints(run / CHECKPOINT_DIR)
+    return found[-1][0] if found else 0
 
 
 def _progress_callback(bar, total_steps: int, max_seconds: float | None):
@@ -185,13 +224,13 @@ def train(
     "signal" names the signal.
     """
     cfg, run = job.config, job.run_dir
-    _check_run_dir(run, job.resume)
+    _check_job(job)
     max_seconds = job.max_minutes * 60 if job.max_minutes else None
     trainer, num_images = build_trainer(cfg, run, torch.device(device), job.resume)
     if job.resume:
         trainer.resume(run)
-        if distributed.is_main():
-            _cut_metrics(run, trainer.step_count)
+    if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
+        _cut_metrics(run, trainer.step_count)
     total = cfg.train.steps
     bar_total = max_seconds if max_seconds else total
     unit = "s" if max_seconds else "step"
@@ -199,7 +238,14 @@ def train(
         if not max_seconds:
             bar.update(trainer.step_count)
         trainer.on_step = _progress_callback(bar, total, max_seconds)
-        summary = trainer.run(max_seconds=max_seconds)
+        try:
+            summary = trainer.run(max_seconds=max_seconds)
+        except BaseException:
+            # a failed save (full disk, …) or an abort: the steps since the last checkpoint
+            # are lost, so are their metric lines (the log matches the run's checkpoints)
+            if distributed.is_main():
+                _cut_metrics(run, _last_saved_step(run))
+            raise
     summary = {**summary, "run_dir": str(run), "num_train_images": num_images}
     if distributed.is_main():
         write_json(run / RESULT_FILE, summary)
