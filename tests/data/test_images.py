@@ -189,7 +189,7 @@ def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
         load_image_folder(missing, 8)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("x")
-    with pytest.raises(ValueError, match=r"no images found under .*empty; put files ending in .* there or pass another folder"):
+    with pytest.raises(ValueError, match=r"no images found under .*empty; put files ending in"):
         load_image_folder(tmp_path / "empty", 8)
     bad = tmp_path / "corrupt" / "broken.png"
     bad.parent.mkdir()
