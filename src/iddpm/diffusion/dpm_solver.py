@@ -77,7 +77,12 @@ safeguard apply (without it the even-spacing error is 2.4–13× larger at 10–
 noise is drawn after each network call at t ≥ 1, z from `samplers._randn` (per-sample
 generators: row i from generator i only), none at the last call, which returns x̂0. Here η
 scales the diffusion coefficient g, as DDIM's η scales its noise: k-diffusion's `eta`
-corresponds to η² (the two agree at 0 and 1).
+corresponds to η² (the two agree at 0 and 1). On a trained model the noise pays where the
+ODE does not: digits4k (cosine T = 1000, learned Σ), digits-FID of 1000 samples, seeds 0/1/2:
+dpmpp2m-sde 2.28/2.83/5.24 at 10 NFE, 2.88/2.44/4.76 at 20, 2.07/3.66/5.39 at 50 (trailing:
+2.28/2.69/5.11 at 10, 1.87 at 50 for seed 0), against ancestral at 50 steps 3.77/5.23/7.97
+and dpmpp2m at 10 6.68/4.64/4.70 (FID of 1000 samples moves by ~2 between seeds: compare
+at equal seeds).
 
 x̂0 comes from `diffusion.p_mean_variance(...).pred_x0`, so ε-, x0- and previous-mean models
 and learned-Σ models (only the mean channels are used) all work; `clip_denoised` clips x̂0 to
