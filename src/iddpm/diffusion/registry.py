@@ -28,7 +28,12 @@ from typing import Any
 import torch
 
 from iddpm.diffusion import analytic
-from iddpm.diffusion.dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps
+from iddpm.diffusion.dpm_solver import (
+    SDEOptions,
+    dpmpp_2m_sde_steps,
+    dpmpp_2m_steps,
+    dpmpp_3m_steps,
+)
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, run_to_end
 
@@ -198,6 +203,12 @@ register(
     dpmpp_3m_steps,
     NoOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
+)
+register(
+    "dpmpp2m-sde",
+    dpmpp_2m_sde_steps,
+    SDEOptions,
+    "SDE-DPM-Solver++(2M) of Lu et al. 2022: stochastic, second order, one call per step",
 )
 register(
     "analytic",
