@@ -50,7 +50,7 @@ class DDIMOptions:
     """DDIM(η) (P15): η = 0 is deterministic, η = 1 has the variance of fixed-small sampling."""
 
     eta: float = dataclasses.field(
-        default=0.0, metadata={"help": "DDIM eta in [0, 1] (0 = deterministic)"}
+        default=0.0, metadata={"help": "ddim: eta in [0, 1] (0 = deterministic)"}
     )
 
     def __post_init__(self) -> None:
@@ -149,12 +149,15 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 
 def cli_options() -> dict[str, tuple[type, str, tuple[str, ...]]]:
-    """Every command-line option of every sampler: name -> (type, help, samplers)."""
+    """Every command-line option of every sampler: name -> (type, help, samplers). An
+    option several samplers share (--eta) gets each one's help, joined."""
     out: dict[str, tuple[type, str, tuple[str, ...]]] = {}
     for entry in _REGISTRY.values():
         hints = typing.get_type_hints(entry.options)
         for f in entry.option_fields(cli_only=True):
-            tp, help_, users = out.get(f.name, (hints[f.name], f.metadata.get("help", ""), ()))
+            text = f.metadata.get("help", "")
+            tp, help_, users = out.get(f.name, (hints[f.name], "", ()))
+            help_ = f"{help_}; {text}" if help_ and text and text not in help_ else help_ or text
             out[f.name] = (tp, help_, (*users, entry.name))
     return out
 

@@ -32,7 +32,7 @@ from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
-LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "analytic")
+LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
 
 
 @dataclass(frozen=True)

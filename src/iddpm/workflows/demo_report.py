@@ -40,9 +40,9 @@ def _figures(
                 "Sample quality per network call",
                 Path(board["fid_plot"]),
                 "digits-FID of each sampler at a few network calls (NFE): the paper's "
-                "ancestral sampler with learned Σ, DDIM (η = 0), DPM-Solver++(2M) and "
-                "Analytic-DPM's variance; in brackets precision / recall (k = 3).\n\n"
-                + _board_table(board),
+                "ancestral sampler with learned Σ, DDIM (η = 0), DPM-Solver++(2M), its "
+                "stochastic variant SDE-DPM-Solver++(2M) and Analytic-DPM's variance; in "
+                "brackets precision / recall (k = 3).\n\n" + _board_table(board),
             )
         )
     if (run / METRICS_FILE).is_file():  # a run shorter than one logging interval has none
