@@ -17,7 +17,7 @@ MEAN_TYPES = ("epsilon", "x0", "prev-mean")
 VAR_TYPES = ("learned-range", "learned", "fixed-small", "fixed-large")
 LOSSES = ("hybrid", "simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MC_METHODS = ("log-stratified", "stratified", "importance")
 
 T = TypeVar("T")
@@ -171,7 +171,13 @@ class TrainConfig(_Serializable):
     """Optimisation and run bookkeeping. `batch_size` is global (all ranks together);
     `microbatch` is the per-rank micro-batch (0: the whole per-rank batch at once).
     `ema_warmup` caps the EMA rate at (1 + k)/(10 + k) at step k (off in the paper's
-    recipes; on for short CPU runs, see train/ema.py)."""
+    recipes; on for short CPU runs, see train/ema.py).
+
+    `precision` "auto" (the default) trains in bf16 autocast where the device runs bf16
+    natively and in fp32 elsewhere (rule: `iddpm.train.precision.native_bf16`); fp16 with
+    loss scaling is opt-in. `lr_anneal_steps` N > 0 decays the lr linearly to 0 over N
+    steps (as the authors' `--lr_anneal_steps`). `grad_checkpoint` recomputes each UNet
+    block's activations in the backward pass (less memory, ~a third more compute)."""
 
     data: str = "digits"
     class_cond: bool = False
@@ -184,9 +190,11 @@ class TrainConfig(_Serializable):
     ema_rates: tuple[float, ...] = (0.9999,)
     ema_warmup: bool = False
     grad_clip: float = 0.0
-    precision: str = "fp32"
+    lr_anneal_steps: int = 0
+    precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpoint: bool = False
     steps: int = 500_000
     log_every: int = 100
     sample_every: int = 0
@@ -205,6 +213,7 @@ class TrainConfig(_Serializable):
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("lr_anneal_steps", self.lr_anneal_steps, allow_zero=True)
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         if not self.ema_rates or any(not 0.0 <= r < 1.0 for r in self.ema_rates):
             raise ValueError(f"ema_rates must be values in [0, 1), got {self.ema_rates!r}")
