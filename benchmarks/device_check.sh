@@ -8,7 +8,8 @@
 # On a CUDA machine it finishes in about 8 minutes or less (every part has its own time
 # limit; a part that fails or times out reports {"error": ...} and the rest still runs):
 #   train_step     CIFAR-10 preset (52.5M UNet) at batch 128 through `iddpm train`:
-#                  s/step and images/s in fp32, bf16, fp16 and bf16 + --compile, read
+#                  s/step and images/s in fp32, bf16, fp16, bf16 --channels-last and
+#                  bf16 --compile --channels-last, read
 #                  from the last metrics.jsonl window (warm-up and compilation excluded)
 #   sampling       images/s of 100-step ancestral sampling (CIFAR-10 UNet, batch 256),
 #                  eager and build.inference_model(compile=True)
@@ -44,6 +45,8 @@ trap 'rm -rf "$WORK"' EXIT
 "$PY" - "$WORK" "$PY" "$DRY" <<'PYEOF'
 import json, statistics, subprocess, sys, time
 from pathlib import Path
+
+import iddpm.cli._startup  # the command line's start-up (OpenMP, allocator) before torch
 
 WORK, PY, DRY = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 T0 = time.time()
@@ -112,13 +115,15 @@ def last_window(run_dir):
 
 def train_steps(npz):
     res = {}
-    variants = {"fp32": [], "bf16": [], "fp16": [], "bf16_compile": ["--compile"]}
+    variants = {"fp32": [], "bf16": [], "fp16": [], "bf16_channels_last": ["--channels-last"],
+                "bf16_compile": ["--compile"]}
     if DRY:
         variants = {"fp32": [], "bf16": []}
     for name, extra in variants.items():
         precision = name.split("_")[0]
         steps, log_every = (40, 10) if "compile" in extra else (30, 10)
         run_dir = WORK / f"step_{name}"
+        extra = extra + ["--channels-last"] if "compile" in extra else extra
         try:
             run(train_cmd(run_dir, "--preset", PRESET, "--data", npz, "--batch-size", BATCH,
                           "--precision", precision, "--steps", steps, "--log-every", log_every,

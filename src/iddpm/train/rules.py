@@ -76,6 +76,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     ]
 
 
+def model_config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`config_differences` of the diffusion and model sections of two ExperimentConfig
+    dicts: what a resumed run must keep (other settings may change)."""
+    return [
+        d
+        for section in ("diffusion", "model")
+        for d in config_differences(saved[section], current[section], section)
+    ]
+
+
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """x0 and conditioning from a loader batch: dict(x0=, y=), (x0, y), or a bare x0."""
     if isinstance(batch, dict):
