@@ -177,6 +177,30 @@ class NanAt(TinyNet):
         return out * float("nan") if self.calls - 1 in self.bad else out
 
 
+def test_grad_checkpoint_trains_bitwise_like_the_plain_model() -> None:
+    from iddpm.model.unet import UNet
+
+    arch = {"model_channels": 8, "num_groups": 4, "dropout": 0.2, "channel_mult": (1, 2)}
+    cfg = make_cfg(model={**arch, "num_res_blocks": 1, "attention_resolutions": (4,)})
+    states = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = UNet(cfg.model)
+        trainer = Trainer(
+            model,
+            GaussianDiffusion(schedules.get("cosine", T)),
+            Batches(images(), 8),
+            UniformSampler(T),
+            cfg.replace(train=cfg.train.replace(grad_checkpoint=checkpointing)),
+            progress=False,
+        )
+        assert model.grad_checkpoint is checkpointing
+        for _ in range(2):
+            trainer.step()
+        states.append(trainer.state_dict())
+    assert_trees_equal(states[0], states[1])
+
+
 def test_grad_checkpoint_needs_a_model_that_offers_it() -> None:
     with pytest.raises(ValueError, match="--grad-checkpoint needs iddpm's UNet, not TinyNet"):
         make_trainer(make_cfg(grad_checkpoint=True))
