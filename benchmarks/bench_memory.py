@@ -4,16 +4,17 @@
     python benchmarks/bench_memory.py --device cuda --batch 128
 
 For each architecture (the `cifar10` and `imagenet64` presets' UNets) and each setting of
---grad-checkpoint, a fresh subprocess builds a `Trainer` (default precision, AdamW, EMA)
-and takes `--steps` training steps at `--batch`. Reported:
-- CPU: `peak_rss_mb` (the process's maximum resident set, ru_maxrss) and
-  `step_peak_mb` = peak − the resident set just before the first step (weights,
-  optimizer and EMA are already there, so this is what the steps add: activations,
-  gradients, optimizer moments on first use);
-- CUDA: `step_peak_mb` = torch.cuda.max_memory_allocated during the steps − allocated
-  before them;
+--grad-checkpoint, a fresh subprocess builds a `Trainer` (default precision, fused AdamW,
+EMA) and takes `--steps` training steps at `--batch` (the first one allocates the
+optimizer's moments). Reported:
+- `peak_mb`: CPU: the process's peak resident set (ru_maxrss); CUDA: the peak of
+  torch.cuda.max_memory_allocated over the steps after the first;
+- `step_peak_mb` (CUDA only): that peak − the memory allocated before those steps
+  (weights, EMA, optimizer moments, the last gradients): what a steady-state step adds;
 - `s_per_step`: median wall time of the steps after the first.
-`saved_frac` = 1 − checkpointed/plain step peak; `time_cost` = checkpointed/plain time.
+`saved_mb` = plain − checkpointed peak (the same weights, optimizer and EMA in both),
+`saved_frac` = saved_mb / the plain peak (of step_peak_mb on CUDA), `time_cost` =
+checkpointed / plain step time.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ import sys
 import time
 
 ARCHS = ("cifar10", "imagenet64")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def child(arch: str, checkpointing: bool, batch: int, steps: int, device_name: str) -> dict:
@@ -56,14 +52,11 @@ def child(arch: str, checkpointing: bool, batch: int, steps: int, device_name: s
         build_timestep_sampler(cfg.diffusion), cfg, device=device, progress=False,
     )  # fmt: skip
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        before = _rss_mb()
     times = []
-    for _ in range(steps):
+    for i in range(steps):
+        if cuda and i == 1:  # steady state: the optimizer's moments exist from here on
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device) / 2**20
         start = time.perf_counter()
         trainer.step()
         if cuda:
@@ -71,11 +64,11 @@ def child(arch: str, checkpointing: bool, batch: int, steps: int, device_name: s
         times.append(time.perf_counter() - start)
     out = {"malloc": MALLOC, "precision": trainer.precision.name}
     if cuda:
-        out["step_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 - before
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        out |= {"peak_mb": peak, "step_peak_mb": peak - before}
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        out |= {"peak_rss_mb": peak, "step_peak_mb": peak - before}
-    out["s_per_step"] = statistics.median(times[1:] or times)
+        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+    out["s_per_step"] = statistics.median(times[1:])
     return out
 
 
@@ -98,7 +91,9 @@ def parent(args: argparse.Namespace) -> dict:
                 out.stdout.strip().splitlines()[-1]
             )
         plain, ckpt = rows["plain"], rows["checkpointed"]
-        rows["saved_frac"] = round(1 - ckpt["step_peak_mb"] / plain["step_peak_mb"], 3)
+        rows["saved_mb"] = round(plain["peak_mb"] - ckpt["peak_mb"], 1)
+        key = "step_peak_mb" if "step_peak_mb" in plain else "peak_mb"
+        rows["saved_frac"] = round(rows["saved_mb"] / plain[key], 3)
         rows["time_cost"] = round(ckpt["s_per_step"] / plain["s_per_step"], 3)
         result[arch] = rows
     return result
@@ -109,7 +104,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="at least 2")
     p.add_argument("--grad-checkpoint", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -130,12 +130,13 @@ class ResBlock(nn.Module):
 
 
 def attention_kernel(device_type: str, dtype: torch.dtype, needs_grad: bool) -> str:
-    """The faster of two exact attention kernels for a device, dtype and pass (measured,
-    benchmarks/bench_train_step.py and issue 11): "einsum" (two batched matmuls around a
-    float32 softmax, as in the authors' QKVAttention) for bf16/fp16 training on a CPU,
-    where it beat scaled_dot_product_attention 1.3-2.3x (CIFAR-10 and digits shapes);
+    """The faster of two exact attention kernels for a device, dtype and pass: "einsum"
+    (two batched matmuls around a float32 softmax, as in the authors' QKVAttention) for
+    bf16/fp16 training on a CPU, where it beat scaled_dot_product_attention 1.3-2.3x
+    (attention alone, forward + backward, CIFAR-10 and digits shapes, Sapphire Rapids);
     "sdpa" everywhere else: fp32 on a CPU (SDPA 1.15-1.2x faster), every forward-only
-    pass (sampling, bits/dim: SDPA 1.2-3x faster) and CUDA (fused flash kernels)."""
+    pass (sampling, bits/dim: SDPA 1.2-3x faster) and CUDA (fused flash kernels). The
+    whole-step effect: benchmarks/bench_train_step.py, `default` vs `bf16_sdpa`."""
     if device_type == "cpu" and dtype in (torch.bfloat16, torch.float16) and needs_grad:
         return "einsum"
     return "sdpa"
