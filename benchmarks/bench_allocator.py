@@ -13,7 +13,8 @@ the paper's CIFAR-10 UNet (random weights; the allocator sees the same buffers):
   64 / 8;
 - `sample_digits`: one ancestral step (network + sampler math, no gradients) at batch 64;
 - `nll_digits`: one bits/dim call (16 timesteps × 64 images = 1024 inputs, exact decoder).
-`speedup` = glibc / tuned (> 1: the tuned allocator is faster).
+`speedup` = glibc / tuned (> 1: the tuned allocator is faster). `--variants` adds
+`mmap_only` / `trim_only` (one of the two settings, through glibc's environment).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import sys
 import time
 
 WORKS = ("train_digits", "train_cifar10", "sample_digits", "nll_digits")
-VARIANTS = {"tuned": {}, "glibc": {"IDDPM_MALLOC": "off"}}
+VARIANTS = {
+    "tuned": {},
+    "glibc": {"IDDPM_MALLOC": "off"},
+    # the two settings alone (glibc reads them from the environment at start-up)
+    "mmap_only": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)},
+    "trim_only": {"MALLOC_TRIM_THRESHOLD_": str(2**30)},
+}
 
 
 def child(work: str, iters: int, threads: int) -> dict:
@@ -92,10 +99,11 @@ def _workload(work: str):
 
 def parent(args: argparse.Namespace) -> dict:
     works = args.works.split(",")
-    times: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in works}
     seen: dict[str, str] = {}
+    chosen = args.variants.split(",")
+    times: dict[str, dict[str, list[float]]] = {w: {v: [] for v in chosen} for w in works}
     for r in range(args.rounds):
-        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+        order = chosen if r % 2 == 0 else list(reversed(chosen))
         for work in works:
             for variant in order:
                 env = {k: v for k, v in os.environ.items() if k != "IDDPM_MALLOC"}
@@ -124,6 +132,7 @@ def parent(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--works", default=",".join(WORKS), help=f"comma list of {', '.join(WORKS)}")
+    p.add_argument("--variants", default="tuned,glibc", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=5, help="timed steps per child")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

@@ -10,17 +10,22 @@ with learned-range variance (PAPER.md P11), backward, AdamW, EMA and the timeste
 update. Models: the `digits` preset's UNet at batch 64 and the paper's CIFAR-10 UNet
 (52.5M parameters) at batch 8 (CPU-sized; pass --cifar-batch for a GPU).
 
-Variants (precision, attention kernel, GroupNorm, channels_last, compile):
-- `fp32`: today's default before issue 11 (fp32, eager, SDPA): the baseline of every ratio;
-- `bf16_before`: bf16 autocast as it was (SDPA, GroupNorm on an upcast float32 copy);
-- `bf16_sdpa`: bf16 with today's GroupNorm but SDPA forced (isolates the attention rule);
-- `fp32_einsum`: fp32 with the einsum kernel forced (the rule's other side);
+Variants (precision, attention kernel, GroupNorm, optimizer, channels_last, compile);
+"as before" = the code before issue 11: GroupNorm on an upcast float32 copy and AdamW's
+per-tensor loop instead of the fused kernel:
+- `fp32`: the default before issue 11 (fp32, eager, SDPA, as before): every ratio's base;
+- `bf16_before`: bf16 autocast as it was (SDPA, as before);
+- `bf16_sdpa`: bf16 with today's GroupNorm and AdamW but SDPA forced (vs `default`: the
+  attention rule alone);
+- `fp32_einsum`: `fp32` with the einsum kernel forced (the rule's other side);
 - `default`: what `iddpm train` runs now (--precision auto → `auto_resolves_to`, the
   attention kernel of `attention_kernel`, mixed-dtype GroupNorm);
 - `default_channels_last`; with --compile also `default_compile` (channels_last).
 A `model_only_fp32` row times the bare UNet forward + mean-square + backward at the same
-batch (`trainer_overhead` = fp32 step / model-only step). Variants are interleaved step by
-step (a noisy machine slows them alike); figures are medians.
+batch (`trainer_overhead` = fp32 step / model-only step). The compiled variant's
+`warmup_s` is its compile time (cold unless TORCHINDUCTOR_CACHE_DIR holds a cache).
+Variants are interleaved step by step (a noisy machine slows them alike); figures are
+medians.
 
 The process's allocator cannot be switched inside one run: the script starts the way the
 command line does (iddpm.cli._startup, `malloc` in the JSON); run it again with
@@ -62,11 +67,11 @@ from iddpm.config import ExperimentConfig
 from iddpm.model.layers import GroupNorm32, SelfAttention2d
 from iddpm.train.trainer import Trainer
 
-VARIANTS = {  # name: (channels_last, precision, compile, attention kernel, upcast GroupNorm)
-    "fp32": (False, "fp32", False, "sdpa", False),
+VARIANTS = {  # name: (channels_last, precision, compile, attention kernel, as before)
+    "fp32": (False, "fp32", False, "sdpa", True),
     "bf16_before": (False, "bf16", False, "sdpa", True),
     "bf16_sdpa": (False, "bf16", False, "sdpa", False),
-    "fp32_einsum": (False, "fp32", False, "einsum", False),
+    "fp32_einsum": (False, "fp32", False, "einsum", True),
     "default": (False, "auto", False, "auto", False),
     "default_channels_last": (True, "auto", False, "auto", False),
 }
@@ -98,7 +103,7 @@ def _batches(cfg: ExperimentConfig, batch: int, device: torch.device) -> Iterato
 
 
 def _trainer(cfg: ExperimentConfig, batch: int, variant: tuple, device: torch.device) -> Trainer:
-    channels_last, precision, compile_, attention, upcast_norm = variant
+    channels_last, precision, compile_, attention, before = variant
     train = cfg.train.replace(
         batch_size=batch,
         microbatch=0,
@@ -110,13 +115,19 @@ def _trainer(cfg: ExperimentConfig, batch: int, variant: tuple, device: torch.de
     cfg = cfg.replace(train=train)
     torch.manual_seed(0)
     model = build_unet(cfg.model)
-    _set_kernels(model, attention, upcast_norm)
+    _set_kernels(model, attention, upcast_norm=before)
+    loop_adamw = None
+    if before:  # AdamW as the trainer built it before issue 11
+        loop_adamw = torch.optim.AdamW(
+            model.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=False
+        )
     return Trainer(
         model,
         build_diffusion(cfg.diffusion),
         _batches(cfg, batch, device),
         build_timestep_sampler(cfg.diffusion),
         cfg,
+        optimizer=loop_adamw,
         device=device,
         progress=False,
     )
