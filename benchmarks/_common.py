@@ -12,6 +12,10 @@ import os
 import time
 from collections.abc import Callable
 
+# The command line's start-up (OpenMP wait policy, allocator) must run before torch loads.
+from iddpm.cli._startup import MALLOC
+
+# isort: split
 import torch
 
 from iddpm.config import ExperimentConfig
@@ -70,6 +74,7 @@ def result_header(name: str, device: str) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "malloc": MALLOC,
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
     }
 

@@ -73,6 +73,8 @@ ALLOWED: dict[str, set[str]] = {
     "train.ema": set(),
     "train.metrics": set(),
     "train.rules": set(),
+    "train.precision": set(),
+    "train.interrupt": {"distributed"},
     "train.trainer": {
         "diffusion.gaussian",
         "diffusion.respace",
@@ -81,6 +83,8 @@ ALLOWED: dict[str, set[str]] = {
         "train.ema",
         "train.metrics",
         "train.rules",
+        "train.precision",
+        "train.interrupt",
         "distributed",
         "checkpoint",
         "config",

@@ -1,16 +1,20 @@
-"""load_init_weights (fine-tuning): loads exactly the set it names, refuses what does not fit
-or is not a checkpoint in one line, and a fine-tune run starts from those weights."""
+"""build.py: load_init_weights (fine-tuning) loads exactly the set it names, refuses what does
+not fit or is not a checkpoint in one line, and a fine-tune run starts from those weights;
+inference_model gives eval mode, the same network, and a compiled forward whose inductor
+cache lands in the folder the caller passes (a run's cache/)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import tiny_experiment
-from iddpm.build import build_unet, load_init_weights
+from iddpm.build import build_unet, inference_model, load_init_weights
 from iddpm.checkpoint import load_checkpoint, save_checkpoint
 from iddpm.config import ExperimentConfig
 from iddpm.train.trainer import Trainer
@@ -182,3 +186,33 @@ def test_a_resumed_fine_tune_continues_from_its_own_checkpoint(
     train_workflow.train(train_workflow.TrainJob(longer, tmp_path / "ft", resume=True), cpu)
     assert load_checkpoint(tmp_path / "ft")["step"] == 2 and "weights" in seen
     assert not _equal(load_checkpoint(tmp_path / "ft")["model"], after_one)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.conv(x)) * t[:, None, None, None]
+
+
+def test_eager_inference_model_is_the_model_in_eval_mode() -> None:
+    model = Tiny().train()
+    assert inference_model(model) is model and not model.training
+
+
+@pytest.mark.slow
+def test_compiled_inference_model_matches_and_caches_in_the_given_folder(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    torch.manual_seed(0)
+    model = Tiny()
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    compiled = inference_model(model, compile=True, cache_dir=tmp_path / "cache")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t), model(x, t), rtol=1e-5, atol=1e-6)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cache").resolve())
+    assert any((tmp_path / "cache").iterdir())

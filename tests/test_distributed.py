@@ -144,7 +144,14 @@ def _train(steps: int, microbatch: int) -> dict[str, Any]:
     cfg = ExperimentConfig(
         diffusion=DiffusionConfig(num_timesteps=T_DIST, timestep_sampler="importance"),
         model=model_cfg,
-        train=TrainConfig(batch_size=8, microbatch=microbatch, lr=1e-3, ema_rates=(0.9,), seed=3),
+        train=TrainConfig(
+            batch_size=8,
+            microbatch=microbatch,
+            lr=1e-3,
+            ema_rates=(0.9,),
+            seed=3,
+            precision="fp32",
+        ),
     )
     world, rank = dist_util.world_size(), dist_util.rank()
     pixels = np.random.default_rng(0).integers(0, 256, size=(24, 8, 8, 1), dtype=np.uint8)

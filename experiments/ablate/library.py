@@ -8,7 +8,7 @@ this module, so following a move of these functions means editing this file alon
 
 from __future__ import annotations
 
-import iddpm.cli._threads  # noqa: F401  (OpenMP's wait policy: must run before torch loads)
+import iddpm.cli._startup  # noqa: F401  (OpenMP wait policy, allocator: before torch loads)
 
 # isort: split
 from collections.abc import Callable

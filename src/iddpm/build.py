@@ -3,6 +3,7 @@ concrete classes are wired together (DESIGN.md §2)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +175,25 @@ def load_init_weights(model: nn.Module, source: str | Path, weights: str = "ema"
         )
     model.load_state_dict(chosen)
     return InitWeights(path, which)
+
+
+def inference_model(
+    model: nn.Module, compile: bool = False, cache_dir: str | Path | None = None
+) -> nn.Module:
+    """`model` in eval mode for sampling or bits/dim, compiled with torch.compile when
+    `compile` (the same call signature; outputs equal to float32 rounding).
+
+    Compilation happens on the first call of each input shape (static shapes: the last,
+    smaller batch of a job compiles once more). `cache_dir` (a run's `cache/`) receives
+    inductor's caches, so a second job on the same model reuses the compiled kernels;
+    it is set process-wide (TORCHINDUCTOR_CACHE_DIR) and must be chosen before the first
+    compiled call. Compiling pays only for long jobs: see benchmarks/bench_compile.py.
+    """
+    model.eval()
+    if not compile:
+        return model
+    if cache_dir is not None:
+        folder = Path(cache_dir).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return torch.compile(model, dynamic=False)

@@ -17,7 +17,7 @@ MEAN_TYPES = ("epsilon", "x0", "prev-mean")
 VAR_TYPES = ("learned-range", "learned", "fixed-small", "fixed-large")
 LOSSES = ("hybrid", "simple", "vlb")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MC_METHODS = ("log-stratified", "stratified", "importance")
 # The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
 EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
@@ -193,7 +193,13 @@ class TrainConfig(_Serializable):
     recipes; on for short CPU runs, see train/ema.py). `init_from` (a run directory or
     checkpoint file; "" = random initial weights) starts a new run from those weights,
     `init_weights` says which: the slowest EMA's or the raw ones (`build.load_init_weights`);
-    the optimizer starts fresh and the EMA starts from the loaded weights."""
+    the optimizer starts fresh and the EMA starts from the loaded weights.
+
+    `precision` "auto" (the default) trains in bf16 autocast where the device runs bf16
+    natively and in fp32 elsewhere (rule: `iddpm.train.precision.native_bf16`); fp16 with
+    loss scaling is opt-in. `lr_anneal_steps` N > 0 decays the lr linearly to 0 over N
+    steps (as the authors' `--lr_anneal_steps`). `grad_checkpoint` recomputes each UNet
+    block's activations in the backward pass (less memory, ~a third more compute)."""
 
     data: str = "digits"
     class_cond: bool = False
@@ -206,9 +212,11 @@ class TrainConfig(_Serializable):
     ema_rates: tuple[float, ...] = (0.9999,)
     ema_warmup: bool = False
     grad_clip: float = 0.0
-    precision: str = "fp32"
+    lr_anneal_steps: int = 0
+    precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpoint: bool = False
     steps: int = 500_000
     log_every: int = 100
     sample_every: int = 0
@@ -229,6 +237,7 @@ class TrainConfig(_Serializable):
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("lr_anneal_steps", self.lr_anneal_steps, allow_zero=True)
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         if not self.ema_rates or any(not 0.0 <= r < 1.0 for r in self.ema_rates):
             raise ValueError(f"ema_rates must be values in [0, 1), got {self.ema_rates!r}")

@@ -1,4 +1,5 @@
-"""The paper's UNet and its blocks: shapes, zero init, conditioning, formats, errors."""
+"""The paper's UNet and its blocks: shapes, zero init, conditioning, formats, errors, the
+attention kernels and their rule, float32 GroupNorm statistics, gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from iddpm.config import UNetConfig
-from iddpm.model.layers import GroupNorm32, ResBlock, SelfAttention2d, timestep_embedding
+from iddpm.model.layers import (
+    GroupNorm32,
+    ResBlock,
+    SelfAttention2d,
+    attention,
+    attention_kernel,
+    timestep_embedding,
+)
 from iddpm.model.unet import UNet
 from iddpm.presets import get_preset
 
@@ -137,13 +145,80 @@ def test_attention_matches_explicit_multi_head_softmax() -> None:
     torch.testing.assert_close(attn(x).double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_groupnorm_runs_in_float32_for_bf16_input() -> None:
+@pytest.mark.parametrize("shape", [(2, 32, 4, 4), (8, 128, 32, 32)])
+def test_groupnorm_runs_in_float32_for_bf16_input(shape) -> None:
+    # Statistics over up to 131072 values with a large mean: accumulated in bf16 they
+    # would be off by far more than the one bf16 rounding (2^-9 relative) of the output.
+    norm = _randomise(GroupNorm32(8, shape[1]))
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3 + 5).bfloat16()
+    exact = F.group_norm(x.double(), 8, norm.weight.double(), norm.bias.double(), norm.eps)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = norm(x)
+        assert out.dtype == torch.bfloat16
+        err = (out.double() - exact).abs()
+        assert bool((err <= 2**-8 * exact.abs() + 1e-3).all()), err.max()
+
+
+def test_groupnorm_in_float32_is_plain_groupnorm() -> None:
     norm = _randomise(GroupNorm32(8, 32))
-    x = (torch.randn(2, 32, 4, 4) * 3 + 5).to(torch.bfloat16)
-    want = F.group_norm(x.float(), 8, norm.weight, norm.bias, norm.eps).to(torch.bfloat16)
-    assert torch.equal(norm(x), want)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(norm(x), want)
+    x = torch.randn(2, 32, 4, 4)
+    assert torch.equal(norm(x), F.group_norm(x, 8, norm.weight, norm.bias, norm.eps))
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "grad", "kernel"),
+    [
+        ("cpu", torch.bfloat16, True, "einsum"),
+        ("cpu", torch.float16, True, "einsum"),
+        ("cpu", torch.bfloat16, False, "sdpa"),
+        ("cpu", torch.float32, True, "sdpa"),
+        ("cuda", torch.bfloat16, True, "sdpa"),
+    ],
+)
+def test_attention_kernel_rule(device, dtype, grad, kernel) -> None:
+    assert attention_kernel(device, dtype, grad) == kernel
+
+
+# Logits of 16-term dot products of N(0, 1) values (|logit| ≲ 20 before the 1/4 scale):
+# float32 rounding (~1e-7 relative) leaves ~1e-5 in the output, bf16 (2^-8) ~5e-2.
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+def test_attention_kernels_agree(dtype, tol) -> None:
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 64, 16, generator=g) for _ in range(3))
+    exact = attention(q.double(), k.double(), v.double(), "sdpa")
+    for kernel in ("sdpa", "einsum"):
+        out = attention(q.to(dtype), k.to(dtype), v.to(dtype), kernel)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_grad_checkpoint_gives_bitwise_equal_gradients(dropout: float) -> None:
+    cfg = RGB32.replace(dropout=dropout)
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = _randomise(UNet(cfg)).train()
+        model.grad_checkpoint = checkpointing
+        seen: list[int] = []
+        model.mid_res1.register_forward_pre_hook(lambda m, i, seen=seen: seen.append(1))
+        x, t = _inputs(cfg)
+        torch.manual_seed(5)  # the dropout masks
+        model(x, t).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        calls.append(len(seen))
+    assert calls == [1, 2]  # checkpointed: the block ran again in the backward pass
+    for name, g in grads[0].items():
+        assert torch.equal(grads[1][name], g), name
+
+
+def test_grad_checkpoint_is_inactive_without_gradients() -> None:
+    model = _randomise(UNet(GRAY8))
+    model.grad_checkpoint = True
+    x, t = _inputs(GRAY8)
+    ref = model.eval()(x, t)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), ref)
 
 
 def test_channels_last_matches_and_stays_channels_last() -> None:

@@ -1,10 +1,11 @@
-"""Pure training rules: batch splitting with its one-line errors, warm-up and seed derivation."""
+"""Pure training rules: batch splitting with its one-line errors, the lr schedule (warm-up,
+annealing) and seed derivation."""
 
 from __future__ import annotations
 
 import pytest
 
-from iddpm.train.rules import derive_seed, split_batch, warmup_lr
+from iddpm.train.rules import anneal_factor, derive_seed, learning_rate, split_batch, warmup_lr
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,20 @@ def test_batch_split_is_per_rank_then_micro() -> None:
 def test_warmup_is_linear_then_constant() -> None:
     assert [warmup_lr(1.0, s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_lr(0.1, 0, 0) == 0.1
+
+
+def test_annealing_decays_linearly_to_zero_and_stays_there() -> None:
+    # the authors' _anneal_lr: lr·(1 − step/N) before the update of 0-based step `step`
+    assert [anneal_factor(s, 4) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert anneal_factor(10**6, 0) == 1.0  # off
+
+
+def test_warmup_and_annealing_multiply() -> None:
+    lrs = [learning_rate(2.0, s, 2, 4) for s in range(5)]
+    assert lrs == [2.0 * 0.5 * 1.0, 2.0 * 1.0 * 0.75, 2.0 * 0.5, 2.0 * 0.25, 0.0]
+    assert [learning_rate(0.1, s, 4, 0) for s in range(6)] == [
+        warmup_lr(0.1, s, 4) for s in range(6)
+    ]
 
 
 def test_derived_seeds_are_deterministic_and_distinct() -> None:

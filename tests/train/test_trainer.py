@@ -3,6 +3,7 @@ they should, Ctrl-C leaves a checkpoint, and bad set-ups fail with one line."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -84,6 +85,7 @@ def make_cfg(diffusion: dict | None = None, model: dict | None = None, **train: 
         checkpoint_every=1000,
         keep_checkpoints=2,
         seed=7,
+        precision="fp32",  # float32 tolerances below; "auto" may pick bf16 on this CPU
     )
     d = dict(num_timesteps=T, loss="hybrid", timestep_sampler="importance")
     m = dict(image_size=8, in_channels=1, out_channels=2, model_channels=32)
@@ -159,15 +161,97 @@ def test_diffusion_and_config_must_agree_on_T() -> None:
         )
 
 
-def test_non_finite_loss_stops_with_one_line() -> None:
-    class Broken(TinyNet):
-        def forward(self, x, t, y=None):
-            return super().forward(x, t) * float("nan")
+class NanAt(TinyNet):
+    """TinyNet whose output is NaN on the forward calls numbered in `bad` (0-based)."""
 
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, x, t, y=None):
+        out = super().forward(x, t)
+        self.calls += 1
+        return out * float("nan") if self.calls - 1 in self.bad else out
+
+
+def test_grad_checkpoint_trains_bitwise_like_the_plain_model() -> None:
+    from iddpm.model.unet import UNet
+
+    arch = {"model_channels": 8, "num_groups": 4, "dropout": 0.2, "channel_mult": (1, 2)}
+    cfg = make_cfg(model={**arch, "num_res_blocks": 1, "attention_resolutions": (4,)})
+    states = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = UNet(cfg.model)
+        trainer = Trainer(
+            model,
+            GaussianDiffusion(schedules.get("cosine", T)),
+            Batches(images(), 8),
+            UniformSampler(T),
+            cfg.replace(train=cfg.train.replace(grad_checkpoint=checkpointing)),
+        )
+        assert model.grad_checkpoint is checkpointing
+        for _ in range(2):
+            trainer.step()
+        states.append(trainer.state_dict())
+    assert_trees_equal(states[0], states[1])
+
+
+def test_grad_checkpoint_needs_a_model_that_offers_it() -> None:
+    with pytest.raises(ValueError, match="--grad-checkpoint needs iddpm's UNet, not TinyNet"):
+        make_trainer(make_cfg(grad_checkpoint=True))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_non_finite_loss_stops_with_one_line_and_the_checkpoint_intact(
+    tmp_path: Path, precision: str
+) -> None:
+    # micro-batches of 2 in a batch of 8: forward calls 4k..4k+3 belong to step k
     diffusion = GaussianDiffusion(schedules.get("cosine", T))
-    trainer = Trainer(Broken(), diffusion, Batches(images(), 8), UniformSampler(T), make_cfg())
-    with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
-        trainer.step()
+    cfg = make_cfg(precision=precision, checkpoint_every=2)
+    torch.manual_seed(0)
+    model = NanAt(bad={13})  # step 3
+    trainer = Trainer(model, diffusion, Batches(images(), 8), UniformSampler(T), cfg, tmp_path)
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 3"):
+        trainer.run(6)
+    assert trainer.step_count == 3  # weights, EMA and sampler untouched at step 3
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2]
+    assert ckpt.load_checkpoint(tmp_path)["step"] == 2
+
+
+def test_fp16_overflow_skips_the_step_and_lowers_the_loss_scale() -> None:
+    # fp16 needs CUDA; a fake scaler (GradScaler's interface) runs the rule on CPU.
+    from test_precision import FakeScaler
+
+    from iddpm.train.precision import Precision
+
+    torch.manual_seed(0)
+    model = NanAt(bad={1})  # step 0's second micro-batch
+    cfg = make_cfg(microbatch=4, log_every=1000)
+    diffusion = GaussianDiffusion(schedules.get("cosine", T))
+    trainer = Trainer(model, diffusion, Batches(images(), 8), UniformSampler(T), cfg)
+    trainer.precision = Precision("fp16", "cpu", scaler=FakeScaler(1024.0))
+    before, ema_before = params(model), trainer.ema.state_dict()
+    trainer.step()
+    assert trainer.step_count == 1 and trainer.precision.loss_scale == 512.0
+    assert_trees_equal(params(model), before)
+    assert_trees_equal(trainer.ema.state_dict(), ema_before)
+    assert trainer.metrics.summary() == {"skipped": 1.0}
+    trainer.step()  # finite again: an ordinary update at the lowered scale
+    assert any(not torch.equal(before[k], v) for k, v in params(model).items())
+    summary = trainer.metrics.summary()
+    assert summary["skipped"] == 0.0 and summary["loss_scale"] == 512.0
+    assert trainer.state_dict()["grad_scaler"] == {"scale": 512.0}
+
+
+def test_lr_anneals_linearly_after_the_warmup(tmp_path: Path) -> None:
+    cfg = make_cfg(lr=1e-3, warmup_steps=2, lr_anneal_steps=4, log_every=1)
+    summary = make_trainer(cfg, run_dir=tmp_path).run(5)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    expected = [1e-3 * 0.5, 1e-3 * 0.75, 1e-3 * 0.5, 1e-3 * 0.25, 0.0]
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-12, abs=0)
+    assert summary["precision"] == "fp32"
+    assert ckpt.load_checkpoint(tmp_path)["precision"] == "fp32"
 
 
 # ---- learning ----------------------------------------------------------------------------

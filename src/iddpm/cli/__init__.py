@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from iddpm.cli import _threads  # noqa: F401  (must run before torch loads)
+from iddpm.cli import _startup  # noqa: F401  (must run before torch loads)
 
 
 def main() -> None:

@@ -72,7 +72,11 @@ HELP = {
     "ema_rates": "EMA rates, e.g. 0.9999 or 0.999,0.9999",
     "ema_warmup": "cap the EMA rate at (1+k)/(10+k) at step k (for short runs)",
     "grad_clip": "clip the gradient norm to this (0: off)",
-    "precision": "fp32, bf16 autocast, or fp16 autocast with loss scaling (GPU)",
+    "precision": "auto (bf16 autocast where the hardware runs bf16 natively: CUDA >= 8.0, "
+    "CPUs with AVX512-BF16/AMX; else fp32), fp32, bf16, or fp16 with loss scaling (GPU)",
+    "lr_anneal_steps": "decay the learning rate linearly to 0 over N steps (0: off)",
+    "grad_checkpoint": "recompute each UNet block's activations in the backward pass "
+    "(less memory, about a third more compute)",
     "channels_last": "channels_last memory format",
     "compile": "torch.compile the model (slow to start)",
     "steps": "training steps",

@@ -14,13 +14,22 @@ Attention sits wherever the feature map is `attention_resolutions` pixels wide (
 for the 32×32 CIFAR-10 model) and always in the middle. The timestep embedding (and the
 class embedding, when `num_classes` is set) conditions every ResBlock. The network never
 sees β: it receives timesteps already on its own scale (0..1000 when rescaled).
+
+Gradient checkpointing (`grad_checkpoint = True`, set by the trainer for
+--grad-checkpoint): while gradients are being recorded, each encoder/decoder block and
+each middle ResBlock and attention keeps only its inputs and recomputes its activations
+in the backward pass (torch.utils.checkpoint, non-reentrant; the RNG state is restored
+for the recomputation, so dropout masks and therefore gradients are bitwise the same).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from iddpm.config import UNetConfig
 from iddpm.model.layers import (
@@ -72,6 +81,7 @@ class UNet(nn.Module):
         super().__init__()
         _check_attention_sizes(cfg)
         self.cfg = cfg
+        self.grad_checkpoint = False
         mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
         self.time_embed = TimestepEmbedder(mc, emb_dim)
         self.class_embed = nn.Embedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
@@ -137,12 +147,20 @@ class UNet(nn.Module):
         h = self.stem(x)
         skips = [h]
         for block in self.encoder:
-            h = block(h, emb_act)
+            h = self._run(block, h, emb_act)
             skips.append(h)
-        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb_act)), emb_act)
+        h = self._run(self.mid_res1, h, emb_act)
+        h = self._run(self.mid_attn, h)
+        h = self._run(self.mid_res2, h, emb_act)
         for block in self.decoder:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb_act)
+            h = self._run(_concat_then(block), h, skips.pop(), emb_act)
         return self.head_conv(F.silu(self.head_norm(h)))
+
+    def _run(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+        """fn(*args), checkpointed when `grad_checkpoint` is on and gradients are recorded."""
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _check_inputs(
         self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None
@@ -177,6 +195,16 @@ class UNet(nn.Module):
             raise ValueError(
                 f"y must have shape [{x.shape[0]}] (one label per image), got {tuple(y.shape)}"
             )
+
+
+def _concat_then(block: UNetBlock) -> Callable[..., torch.Tensor]:
+    """A decoder step on (h, skip, emb_act): the channel concat happens inside it, so a
+    checkpointed step keeps h and the skip (alive anyway) instead of their concat."""
+
+    def run(h: torch.Tensor, skip: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
+        return block(torch.cat([h, skip], dim=1), emb_act)
+
+    return run
 
 
 def feature_sizes(cfg: UNetConfig) -> tuple[int, ...]:

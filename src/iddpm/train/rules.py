@@ -1,7 +1,7 @@
 """The rules of a training run as pure functions, which `Trainer` applies at every step.
 
 How seeds are derived from (seed, step, index) words, how the global batch splits into
-per-rank batches and micro-batches, the linear learning-rate warm-up, what a loader batch
+per-rank batches and micro-batches, the learning-rate warm-up and annealing, what a loader batch
 holds, and which config fields differ between a checkpoint and the current run. None of
 them keeps state or touches an RNG; the trainer module docstring says how they combine.
 """
@@ -48,6 +48,24 @@ def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+def anneal_factor(step: int, anneal_steps: int) -> float:
+    """Linear decay to 0: max(0, 1 − step/anneal_steps) for 0-based `step` (1 when off).
+
+    The authors' `_anneal_lr` sets lr·(1 − step/N) before the update of step `step` and
+    stops training at N; here the factor stays 0 after N (train with --steps N to stop).
+    """
+    if anneal_steps <= 0:
+        return 1.0
+    return max(0.0, 1.0 - step / anneal_steps)
+
+
+def learning_rate(base_lr: float, step: int, warmup_steps: int, anneal_steps: int) -> float:
+    """The lr of 0-based `step`: warm-up and annealing multiply, so a run with both rises
+    linearly for `warmup_steps` steps and then follows the decay line towards 0 at
+    `anneal_steps`: base_lr·min(1, (step+1)/W)·max(0, 1 − step/N)."""
+    return warmup_lr(base_lr, step, warmup_steps) * anneal_factor(step, anneal_steps)
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
     """'prefix.field: saved != current' for every differing field of two config dicts."""
     keys = sorted(set(saved) | set(current))
@@ -55,6 +73,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         f"{prefix}.{k}: {saved.get(k)!r} != {current.get(k)!r}"
         for k in keys
         if saved.get(k) != current.get(k)
+    ]
+
+
+def model_config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`config_differences` of the diffusion and model sections of two ExperimentConfig
+    dicts: what a resumed run must keep (other settings may change)."""
+    return [
+        d
+        for section in ("diffusion", "model")
+        for d in config_differences(saved[section], current[section], section)
     ]
 
 

@@ -20,17 +20,20 @@ resumed run matches an uninterrupted one:
 No RNG stream therefore has to be carried between steps; the loader must give rank r the
 r-th block of each global batch (iddpm.data.loader does).
 
-The optimizer is AdamW(lr, weight_decay from cfg.train) unless one is passed in; the
-linear warm-up scales each parameter group's lr as it was at construction. Metrics
-are averaged over logging intervals and not checkpointed: a resumed run's first record
-covers the steps since the resume.
+The optimizer is AdamW(lr, weight_decay from cfg.train; the fused kernel on CPU and CUDA)
+unless one is passed in; the warm-up and annealing (rules.learning_rate) scale each
+parameter group's lr as it was at construction. Metrics are averaged over logging
+intervals and not checkpointed: a resumed run's first record covers the steps since the
+resume.
+
+Precision (train/precision.py) resolves "auto" at construction; the resolved name is in
+run()'s summary and every checkpoint ("precision"). A non-finite loss or grad norm skips
+the step under fp16 (metric "skipped") and stops bf16/fp32 runs before any update.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,13 +48,15 @@ from iddpm.config import ExperimentConfig
 from iddpm.diffusion.losses import training_losses
 from iddpm.diffusion.respace import ModelAdapter, timestep_scale
 from iddpm.train.ema import EMA
+from iddpm.train.interrupt import StopFlag
 from iddpm.train.metrics import JsonlSink, RunningMeans
+from iddpm.train.precision import Precision
 from iddpm.train.rules import (
-    config_differences,
     derive_seed,
+    learning_rate,
+    model_config_differences,
     split_batch,
     unpack_batch,
-    warmup_lr,
 )
 
 Hook = Callable[["Trainer"], None]
@@ -99,29 +104,26 @@ class Trainer:
         self.local_batch, self.microbatch = split_batch(
             tc.batch_size, self.world_size, tc.microbatch
         )
-        if tc.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError(
-                "precision fp16 needs a CUDA GPU (loss scaling); use --precision bf16 or fp32"
-            )
+        self.precision = Precision.for_run(tc.precision, self.device)
+        _enable_grad_checkpoint(model, tc.grad_checkpoint)
         self.module = model.to(self.device)
         if tc.channels_last:
             self.module.to(memory_format=torch.channels_last)
+        fused = self.device.type in ("cpu", "cuda")  # 3x faster than the per-tensor loop
         self.optimizer = optimizer or torch.optim.AdamW(
-            self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+            self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused
         )
-        # warm-up scales each group's own lr (cfg.train.lr for the built-in AdamW)
+        # the lr schedule scales each group's own lr (cfg.train.lr for the built-in AdamW)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.net = self._wrap(self.module)
         # after the wrap: DDP has just broadcast rank 0's weights, which the EMA starts from
         self.ema = EMA(self.module, tc.ema_rates, warmup=tc.ema_warmup)
-        self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
         scale = timestep_scale(diffusion.num_timesteps, cfg.diffusion.rescale_timesteps)
         self.model_fn = ModelAdapter(self._network, scale=scale)
         self.run_dir = checkpoint.run_dir(run_dir) if run_dir is not None else None
         self.metrics = RunningMeans()
-        self.step_count, self._stop, self._saving = 0, False, False
+        self.step_count, self._stop = 0, StopFlag()
         self._config_saved = False  # config.json written in this run() yet
-        self.stop_signal: str | None = None  # "SIGINT"/"SIGTERM" once one asked to stop
         self._window = (0, time.perf_counter())  # (step, time) at the last log record
         self._noise_gen = torch.Generator()
 
@@ -136,11 +138,16 @@ class Trainer:
         # 2. per-example losses and gradients, micro-batch by micro-batch
         self.optimizer.zero_grad(set_to_none=True)
         losses = self._forward_backward(x0, cond, t, weights, noise)
-        # 3. clip, warm-up LR, optimizer step; 4. EMA of the new weights
-        grad_norm = self._clip_and_update()
-        self.ema.update(self.module, step=self.step_count)
-        # 5. every rank's (t, loss) pairs into the timestep sampler and the metrics
-        self._record(t, losses, grad_norm)
+        # 3. every rank's (t, losses); unscale (fp16) and clip; skip or stop if non-finite
+        table, names = self._gather(t, losses)
+        grad_norm = self._unscale_and_clip()
+        finite = torch.isfinite(table).all() & torch.isfinite(grad_norm)
+        if not self.precision.keep_step(bool(finite), self.step_count):  # fp16 overflow
+            self.metrics.add_scalar("skipped", 1.0)
+        else:  # 4. lr schedule, optimizer step, EMA; 5. the sampler and metrics
+            self._update()
+            self.ema.update(self.module, step=self.step_count)
+            self._record(table, names, grad_norm)
         self.step_count += 1
 
     def _draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,46 +191,44 @@ class Trainer:
                 # importance weights unbias the t draw (P13); m/n turns the micro-batch
                 # means into one mean over the rank's batch (DDP then averages ranks).
                 loss = (out["loss"] * weights[sl]).mean() * (x0[sl].shape[0] / n)
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                self.precision.backward(loss)
             per_example.append({k: v.detach() for k, v in out.items()})
         return {k: torch.cat([p[k] for p in per_example]) for k in per_example[0]}
 
-    def _clip_and_update(self) -> torch.Tensor:
-        """Unscale (fp16), clip, set the warm-up LR and step. Returns the pre-clip grad norm."""
-        tc = self.cfg.train
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+    def _unscale_and_clip(self) -> torch.Tensor:
+        """Unscale (fp16) and clip the gradients. Returns the pre-clip grad norm."""
+        self.precision.unscale(self.optimizer)
         params = [p for p in self.module.parameters() if p.grad is not None]
-        if tc.grad_clip > 0:
-            grad_norm = nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in params])
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = warmup_lr(base, self.step_count, tc.warmup_steps)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        return grad_norm
+        if self.cfg.train.grad_clip > 0:
+            return nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        return nn.utils.get_total_norm([p.grad for p in params])
 
-    def _record(self, t: torch.Tensor, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor):
-        """Gather every rank's (t, per-example losses): the sampler update must see the same
-        pairs on all ranks or their distributions drift apart (P13)."""
+    def _update(self) -> None:
+        """Set this step's lr (warm-up, annealing) and take the optimizer step."""
+        tc = self.cfg.train
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = learning_rate(base, self.step_count, tc.warmup_steps, tc.lr_anneal_steps)
+        self.precision.step(self.optimizer)
+
+    def _gather(
+        self, t: torch.Tensor, losses: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Every rank's (t, per-example losses) as a float64 table [global batch, 1 + k]: the
+        sampler update must see the same pairs on all ranks or they drift apart (P13)."""
         names = sorted(losses)
         local = torch.stack([t.to(torch.float64)] + [losses[k].double() for k in names], 1)
-        table = distributed.all_gather_1d(local.flatten()).view(-1, len(names) + 1)
-        if not bool(torch.isfinite(table).all()):
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.step_count}; lower --lr, set "
-                "--grad-clip or use --precision fp32/bf16"
-            )
+        return distributed.all_gather_1d(local.flatten()).view(-1, len(names) + 1), names
+
+    def _record(self, table: torch.Tensor, names: list[str], grad_norm: torch.Tensor) -> None:
         t_all = table[:, 0].to(torch.int64)
         self.sampler.update(t_all.cpu(), table[:, 1 + names.index("loss")].cpu())
         self.metrics.add_examples(
             t_all, self.diffusion.num_timesteps, **{k: table[:, 1 + i] for i, k in enumerate(names)}
         )
         self.metrics.add_scalar("grad_norm", grad_norm)
+        if self.precision.loss_scale is not None:
+            self.metrics.add_scalar("skipped", 0.0)
+            self.metrics.add_scalar("loss_scale", self.precision.loss_scale)
 
     # ---- helpers of step() ------------------------------------------------------------
 
@@ -241,11 +246,7 @@ class Trainer:
         math never runs in half precision."""
         if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        precision = self.cfg.train.precision
-        if precision == "fp32":
-            return self.net(x, timesteps, **cond)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
+        with self.precision.autocast():
             out = self.net(x, timesteps, **cond)
         return out.float()
 
@@ -286,7 +287,7 @@ class Trainer:
         start_step, start_time = self.step_count, time.perf_counter()
         last_save, record, stopped = None, {}, (False, False)
         self._window = (self.step_count, time.perf_counter())
-        with self._stop_on_signals():
+        with self._stop.handling_signals():
             while self.step_count < total:
                 self.step()
                 record = self._log_if_due() or record
@@ -296,7 +297,8 @@ class Trainer:
                 if self.step_count % self.cfg.train.checkpoint_every == 0:
                     last_save = self.step_count, self.save_checkpoint()
                 elapsed = time.perf_counter() - start_time
-                stopped = self._stop_requested(max_seconds is not None and elapsed > max_seconds)
+                time_up = max_seconds is not None and elapsed > max_seconds
+                stopped = self._stop.agreed(time_up, self.world_size, self.device)
                 if any(stopped):
                     break
             path = last_save[1] if last_save and last_save[0] == self.step_count else None
@@ -308,11 +310,12 @@ class Trainer:
             "step": self.step_count,
             "steps_run": steps,
             "interrupted": stopped[0],
-            "signal": self.stop_signal if stopped[0] else None,
+            "signal": self._stop.signal_name if stopped[0] else None,
             "time_limit_reached": stopped[1],
             "checkpoint": str(path) if path else None,
             "wall_s": wall,
             "images_per_s": steps * self.cfg.train.batch_size / wall if wall > 0 else 0.0,
+            "precision": self.precision.name,
             "last_metrics": record,
         }
 
@@ -341,54 +344,19 @@ class Trainer:
         path = None
         if self.run_dir is not None and distributed.is_main():
             keep = self.cfg.train.keep_checkpoints
-            self._saving = True  # SIGINT/SIGTERM now wait for the save to finish
-            try:
+            with self._stop.saving():  # SIGINT/SIGTERM now wait for the save to finish
                 path = checkpoint.save_checkpoint(
                     self.run_dir, self.state_dict(), self.cfg, self.step_count, keep
                 )
                 if not self._config_saved:  # after it, so a failed save changes nothing
                     self.run_dir.create(self.cfg)
                     self._config_saved = True
-            finally:
-                self._saving = False
         distributed.barrier()
         return path
 
-    # ---- interruption -----------------------------------------------------------------
-
     def request_stop(self) -> None:
         """Finish the current step, checkpoint and return from run() (what SIGINT does)."""
-        self._stop = True
-
-    def _stop_requested(self, time_up: bool) -> tuple[bool, bool]:
-        """(signal or request_stop seen, time limit reached), agreed by all ranks."""
-        if self.world_size == 1:
-            return self._stop, time_up
-        # a signal may reach only some ranks, clocks differ: stop together or others hang
-        flags = torch.tensor([float(self._stop), float(time_up)], device=self.device)
-        signalled, timed_out = (bool(v > 0) for v in distributed.all_reduce_sum(flags).tolist())
-        return signalled, timed_out
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            # a second Ctrl-C aborts at once, except during a checkpoint save: that one
-            # finishes (a write cut short would lose the checkpoint), then run() stops
-            if self._stop and not self._saving:
-                raise KeyboardInterrupt
-            if not self._stop:
-                self._stop, self.stop_signal = True, signal.Signals(signum).name
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        self._stop.request()
 
     # ---- state ------------------------------------------------------------------------
 
@@ -399,7 +367,8 @@ class Trainer:
             "model": self.module.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "grad_scaler": self.precision.state_dict(),
+            "precision": self.precision.name,
             "sampler": self.sampler.state_dict(),
             "data": data,
             "rng": {"torch_cpu": torch.get_rng_state()},
@@ -410,8 +379,7 @@ class Trainer:
         self.module.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         self.sampler.load_state_dict(state["sampler"])
         if state.get("data") and hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["data"])
@@ -432,12 +400,7 @@ class Trainer:
         diffusion and model config; other settings (steps, lr, …) may change."""
         path = checkpoint.resolve_checkpoint(path_or_run_dir)
         state = checkpoint.load_checkpoint(path)
-        now = self.cfg.to_dict()
-        diffs = [
-            d
-            for section in ("diffusion", "model")
-            for d in config_differences(state["config"][section], now[section], section)
-        ]
+        diffs = model_config_differences(state["config"], self.cfg.to_dict())
         if diffs:
             raise ValueError(
                 f"checkpoint {path} was trained with a different config ({'; '.join(diffs)}, "
@@ -445,3 +408,11 @@ class Trainer:
             )
         self.load_state_dict(state)
         return path
+
+
+def _enable_grad_checkpoint(model: nn.Module, enabled: bool) -> None:
+    """--grad-checkpoint: per-block activation checkpointing, which iddpm's UNet offers."""
+    if enabled and not hasattr(model, "grad_checkpoint"):
+        raise ValueError(f"--grad-checkpoint needs iddpm's UNet, not {type(model).__name__}")
+    if enabled:
+        model.grad_checkpoint = True

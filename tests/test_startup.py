@@ -1,0 +1,61 @@
+"""The command line's start-up: allocator settings applied unless the user chose their own,
+and the prepared GPU check exits at once with {"cuda": false} where there is no CUDA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from iddpm.cli import _startup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_malloc_is_tuned_and_passed_on_to_children() -> None:
+    env: dict[str, str] = {}
+    assert _startup.tune_malloc(env) == (
+        "tuned" if sys.platform.startswith("linux") else "not-glibc"
+    )
+    if sys.platform.startswith("linux"):
+        assert env == {
+            "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+            "MALLOC_TRIM_THRESHOLD_": str(2**30),
+        }
+
+
+@pytest.mark.parametrize(
+    ("env", "state"),
+    [
+        ({"IDDPM_MALLOC": "off"}, "off"),
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "explicit"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "explicit"),
+        ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}, "preloaded"),
+    ],
+)
+def test_an_explicit_allocator_choice_wins(env: dict[str, str], state: str) -> None:
+    before = dict(env)
+    assert _startup.tune_malloc(env) == state
+    assert env == before  # nothing added for the children either
+
+
+def test_the_cli_process_starts_tuned() -> None:
+    # importing the command line applied the settings (or recorded why not)
+    assert _startup.MALLOC in ("tuned", "off", "explicit", "preloaded", "not-glibc")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA path takes minutes")
+def test_device_check_without_cuda_prints_one_json_object_at_once() -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("DEVICE_CHECK_DRY_RUN", None)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh")],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"cuda": False}
