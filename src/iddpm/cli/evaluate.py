@@ -68,6 +68,12 @@ POSITIVE = click.IntRange(min=1)
 )
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
+)
 @stats_options
 @job_command
 def nll(
@@ -75,9 +81,9 @@ def nll(
 ) -> dict[str, Any]:
     """Bits/dim of a data set under the variational bound of CHECKPOINT (all T terms:
     decoder, KL terms, prior). Writes per-term CSV and a plot; last line is JSON."""
-    stats = pop_stats_config(fields)
+    stats, compile_ = pop_stats_config(fields), fields.pop("compile_")
     cfg = EvalConfig(use_ema=ema, **fields)
-    return nll_to_files(NllJob(checkpoint, cfg, out_dir, stats), device, progress)
+    return nll_to_files(NllJob(checkpoint, cfg, out_dir, stats, compile_), device, progress)
 
 
 @click.command()

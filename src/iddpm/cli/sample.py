@@ -50,6 +50,12 @@ STEPS_HELP = (
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip x0 to [-1, 1]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output .npz")
 @click.option("--grid", type=click.Path(path_type=Path), default=None, help="output PNG grid")
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
+)
 @stats_options
 @job_command
 def sample(
@@ -84,5 +90,6 @@ def sample(
         seed=seed,
         class_label=class_label,
     )
-    stats = pop_stats_config(values)
-    return sample_to_files(SampleJob(checkpoint, cfg, out, grid, stats), device, progress)
+    stats, compile_ = pop_stats_config(values), values.pop("compile_")
+    job = SampleJob(checkpoint, cfg, out, grid, stats, compile_)
+    return sample_to_files(job, device, progress)

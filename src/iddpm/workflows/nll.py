@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json
-from iddpm.build import LoadedModel, load_model
+from iddpm.build import LoadedModel
 from iddpm.config import EvalConfig
 from iddpm.eval.nll import NllResult, evaluate_nll, write_terms_csv
 from iddpm.workflows import runtime
@@ -19,7 +19,7 @@ from iddpm.workflows.data import data_for_model
 from iddpm.workflows.plots import plot_bound_terms
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
-from iddpm.workflows.sample import num_steps
+from iddpm.workflows.sample import load_for_jobs, num_steps
 from iddpm.workflows.statistics import StatsConfig, reverse_variance
 
 
@@ -27,12 +27,13 @@ from iddpm.workflows.statistics import StatsConfig, reverse_variance
 class NllJob:
     """Bits/dim of `eval.data` (empty: the model's training data) under `checkpoint`;
     outputs go to `out_dir` (default RUN/eval); `stats`: the training images that
-    `--sigma analytic` estimates its statistics from."""
+    `--sigma analytic` estimates its statistics from; `compile`: a torch.compile'd forward."""
 
     checkpoint: Path
     eval: EvalConfig
     out_dir: Path | None = None
     stats: StatsConfig = field(default_factory=StatsConfig)
+    compile: bool = False
 
 
 def bits_per_dim_of(
@@ -69,7 +70,7 @@ def nll_to_files(
     """The `iddpm nll` job: bits/dim with the per-term CSV and plot (exact bound only);
     the summary is also written as OUT_DIR/<tag>.json."""
     cfg = job.eval
-    loaded = load_model(job.checkpoint, use_ema=cfg.use_ema, device=device)
+    loaded = load_for_jobs(job.checkpoint, cfg.use_ema, device, job.compile)
     T = loaded.config.diffusion.num_timesteps
     out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "eval"
     check_writable_dir(out_dir, "--out-dir")

@@ -6,6 +6,7 @@ the sweep and the demo.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json
-from iddpm.build import LoadedModel, kept_steps, load_model
+from iddpm.build import LoadedModel, inference_model, kept_steps, load_model
 from iddpm.config import SampleConfig
 from iddpm.diffusion import registry
 from iddpm.generate import Samples, sample_images, save_npz
@@ -31,13 +32,29 @@ GRID_IMAGES = 256
 class SampleJob:
     """Draw `sample.num` samples from `checkpoint` (a run directory or .pt file) into `out`
     (default RUN/samples/<tag>.npz) and a PNG grid `grid` (default: out with .png);
-    `stats`: the images samplers such as `analytic` estimate their statistics from."""
+    `stats`: the images samplers such as `analytic` estimate their statistics from;
+    `compile`: run a torch.compile'd forward (its cache in RUN/cache/inductor)."""
 
     checkpoint: Path
     sample: SampleConfig
     out: Path | None = None
     grid: Path | None = None
     stats: StatsConfig = field(default_factory=StatsConfig)
+    compile: bool = False
+
+
+def load_for_jobs(
+    checkpoint: Path, use_ema: bool, device: torch.device | str, compile: bool = False
+) -> LoadedModel:
+    """The model of a run or checkpoint for sampling or evaluation, optionally with a
+    compiled forward whose inductor cache lives in the run (RUN/cache/inductor), so a
+    later job on the same model starts warm. Compiling pays for long jobs only: about
+    two minutes cold on a CPU (see benchmarks/bench_inference.py)."""
+    loaded = load_model(checkpoint, use_ema=use_ema, device=device)
+    if compile:
+        cache = run_dir_of(loaded.checkpoint) / "cache" / "inductor"
+        loaded = dataclasses.replace(loaded, model=inference_model(loaded.model, True, cache))
+    return loaded
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -111,7 +128,7 @@ def sample_to_files(
     """The `iddpm sample` job: validate, draw, write; returns the summary (also written as
     out.json)."""
     cfg = job.sample
-    loaded = load_model(job.checkpoint, use_ema=cfg.use_ema, device=device)
+    loaded = load_for_jobs(job.checkpoint, cfg.use_ema, device, job.compile)
     k = check_sampling(loaded, cfg)
     name = f"{tag(cfg, loaded.config.diffusion.num_timesteps)}_n{cfg.num}_seed{cfg.seed}"
     out = job.out or run_dir_of(loaded.checkpoint) / "samples" / f"{name}.npz"
