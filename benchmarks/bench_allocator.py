@@ -81,7 +81,7 @@ def _workload(work: str):
         batches = iter(lambda: {"x0": x0}, None)
         trainer = Trainer(
             model, build_diffusion(cfg.diffusion), batches, build_timestep_sampler(cfg.diffusion),
-            cfg, device="cpu", progress=False,
+            cfg, device="cpu",
         )  # fmt: skip
         return trainer.step
     # sampling: one step of a 100-step process; bits/dim: a 16-step process, one call

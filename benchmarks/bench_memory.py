@@ -49,7 +49,7 @@ def child(arch: str, checkpointing: bool, batch: int, steps: int, device_name: s
     torch.manual_seed(0)
     trainer = Trainer(
         build_unet(m), build_diffusion(cfg.diffusion), iter(lambda: {"x0": x0}, None),
-        build_timestep_sampler(cfg.diffusion), cfg, device=device, progress=False,
+        build_timestep_sampler(cfg.diffusion), cfg, device=device,
     )  # fmt: skip
     cuda = device.type == "cuda"
     times = []

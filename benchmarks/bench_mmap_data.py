@@ -11,7 +11,7 @@ its own child process:
 2. `prepare`: `prepare_data` on that folder (seconds, MB/s, peak RSS); the .npz files are
    then deleted;
 3. `train`: a tiny 64×64 UNet trained with the library (`build_unet`, `build_diffusion`,
-   `ImageBatches`, `Trainer`, wired as `pipeline.train_run` does) on the prepared folder
+   `ImageBatches`, `Trainer`, wired as `workflows.train.build_trainer` does) on the prepared folder
    through `load_dataset`, its page cache for that file dropped first (posix_fadvise), so
    batches come from disk. Peak RSS: the child's ru_maxrss from os.wait4 (RUSAGE_CHILDREN
    for that one child; the parent stays small because Linux starts a child's ru_maxrss at
@@ -150,7 +150,7 @@ def _trainer(images: np.ndarray, args: argparse.Namespace, prefetch: bool = True
     torch.manual_seed(0)
     unet, diffusion = build_unet(cfg.model), build_diffusion(cfg.diffusion)
     sampler = build_timestep_sampler(cfg.diffusion)
-    return Trainer(unet, diffusion, batches, sampler, cfg, progress=False), batches
+    return Trainer(unet, diffusion, batches, sampler, cfg), batches
 
 
 def _timed_step(trainer) -> float:

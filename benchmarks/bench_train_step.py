@@ -129,7 +129,6 @@ def _trainer(cfg: ExperimentConfig, batch: int, variant: tuple, device: torch.de
         cfg,
         optimizer=loop_adamw,
         device=device,
-        progress=False,
     )
 
 

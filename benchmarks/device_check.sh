@@ -253,7 +253,7 @@ def fp16_loss_scale():
     torch.manual_seed(0)
     trainer = Trainer(build_unet(cfg.model), build_diffusion(cfg.diffusion),
                       iter(lambda: {"x0": x0}, None), build_timestep_sampler(cfg.diffusion),
-                      cfg, device="cuda", progress=False)
+                      cfg, device="cuda")
     trainer.precision.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40)
     scales, skipped = [], 0
     for _ in range(40):
