@@ -1,5 +1,6 @@
-"""The command line's start-up: allocator settings applied unless the user chose their own,
-and the prepared GPU check exits at once with {"cuda": false} where there is no CUDA."""
+"""The command line's start-up: OpenMP waits passively only beside busy processes, allocator
+settings are applied unless the user chose their own, and the prepared GPU check exits at
+once with {"cuda": false} where there is no CUDA."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,34 @@ def test_device_check_without_cuda_prints_one_json_object_at_once() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"cuda": False}
+
+
+def test_busy_cores_are_measured_from_recent_cpu_use() -> None:
+    idle = _startup.other_cores_busy(0.05)
+    if idle is None:
+        pytest.skip("no /proc/stat on this platform")
+    assert 0.0 <= idle <= (os.cpu_count() or 1)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        busy = _startup.other_cores_busy(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.6  # one spinning process keeps ~one core busy
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(0.1, None), (5.0, "PASSIVE")])
+def test_openmp_waits_passively_only_beside_busy_processes(monkeypatch, cores, expected) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(_startup, "other_cores_busy", lambda interval_s=0.1: cores)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _startup.choose_omp_wait_policy()
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_an_explicit_wait_policy_wins(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(_startup, "other_cores_busy", lambda interval_s=0.1: 99.0)
+    _startup.choose_omp_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

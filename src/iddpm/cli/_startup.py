@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 MMAP_THRESHOLD = 32 * 2**20
@@ -30,18 +31,48 @@ _ENV = {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": TRIM
 _EXPLICIT = ("MALLOC_MMAP_MAX_", "GLIBC_TUNABLES", *_ENV)
 
 
+def other_cores_busy(interval_s: float = 0.1) -> float | None:
+    """How many cores other processes keep busy right now: the non-idle share of all CPU
+    time over `interval_s` (this process sleeps meanwhile), from /proc/stat. None where
+    that file does not exist."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields)
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(interval_s)
+    second = sample()
+    if second is None or second[1] <= first[1]:
+        return None
+    idle, total = second[0] - first[0], second[1] - first[1]
+    return (1.0 - idle / total) * (os.cpu_count() or 1)
+
+
 def choose_omp_wait_policy() -> None:
     """OpenMP threads that spin-wait at barriers are fastest on an idle machine (a digits
     step: ~19 steps/s on 2 threads) but collapse when another process shares the cores
     (0.3 steps/s spinning vs 3.0 passive beside one busy process). So wait passively when
-    the machine is already busy at start-up; an explicit OMP_WAIT_POLICY wins."""
+    other processes keep at least half the cores busy at start-up; an explicit
+    OMP_WAIT_POLICY wins. The measure is the CPU use of the last 0.1 s, not the 1-minute
+    load average, which stays high for a minute after a job ends (a demo started right
+    after another job would otherwise train ~25% slower for nothing)."""
     if "OMP_WAIT_POLICY" in os.environ:
         return
-    try:
-        busy = os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        busy = False
-    if busy:
+    busy_cores = other_cores_busy()
+    if busy_cores is None:
+        try:
+            busy_cores = os.getloadavg()[0]
+        except OSError:  # neither /proc/stat nor a load average on this platform
+            busy_cores = 0.0
+    if busy_cores >= 0.5 * (os.cpu_count() or 1):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
