@@ -27,6 +27,8 @@ def tqdm_progress(desc: str, total: float | None, unit: str) -> Iterator[_TqdmBa
     fmt = None
     if unit == "s":
         fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s, {remaining} left{postfix}"
+    elif unit == "task":
+        fmt = "{desc}…"
     bar = tqdm(
         total=total,
         desc=desc,

@@ -1,8 +1,9 @@
 """How jobs report progress without printing: the caller passes a `Progress` factory.
 
 A job opens one bar per phase, `with progress(desc, total, unit) as bar:`, and calls
-`bar.update(n, **postfix)`; `total` may be None (unknown). The command line passes a tqdm
-factory on rank 0; library callers pass nothing and get `silent`.
+`bar.update(n, **postfix)`; `total` may be None (unknown). A phase that cannot count its
+work (one indivisible computation) uses the unit "task" and never updates. The command line
+passes a tqdm factory on rank 0; library callers pass nothing and get `silent`.
 """
 
 from __future__ import annotations

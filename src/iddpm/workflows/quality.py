@@ -171,9 +171,9 @@ def fid_of_files(
         check_output_file(job.save_ref, "--save-ref")
     images = load_npz(job.samples).images
     extractor = extractor_for(job.features, device)
-    with progress("reference features", None, "set"):
+    with progress("reference features", None, "task"):
         ref = reference(job.ref, job.ref_split, extractor, job.batch_size)
-    with progress("sample features", None, "set"):
+    with progress("sample features", None, "task"):
         scores = score(images, extractor, ref, job.batch_size)
     result: dict[str, Any] = {
         **scores,

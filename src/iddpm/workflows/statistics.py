@@ -138,7 +138,7 @@ def sampler_options(
     values = _load_cached(path, meta)
     if values is None:
         x0, kwargs = _training_images(loaded, stats, device)
-        with progress(f"{cfg.sampler}: statistics of {len(x0)} images", None, "set"):
+        with progress(f"{cfg.sampler}: statistics of {len(x0)} images", None, "task"):
             estimated = entry.from_data(
                 model_fn, diffusion, x0, seed=stats.seed, model_kwargs=kwargs
             )
