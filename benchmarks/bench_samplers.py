@@ -7,8 +7,8 @@ on an idle 2-core machine):
   for each of `--seeds` (sample i depends only on (seed, i)); FID of 1000 samples moves by
   about 2 between seeds here, so targets are judged on the mean over seeds;
 - the K-step bound on the test digits for the even spacing with the model's Σ, the
-  bound-optimal schedule (DP over costs on `--steps-images` test images, then evaluated on
-  the same test images as the others), Analytic-DPM's Σ and both fixed Σ.
+  bound-optimal schedule (DP over costs on `--steps-images` training images, then evaluated
+  on the test images like the others), Analytic-DPM's Σ and both fixed Σ.
 Prints one JSON object with every figure and the issue's targets checked.
 
     python benchmarks/bench_samplers.py --checkpoint runs/demo

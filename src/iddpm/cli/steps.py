@@ -28,7 +28,13 @@ def _counts(text: str) -> tuple[int, ...]:
     help="number(s) of steps K = network calls, comma-separated",
 )
 @click.option("--data", default="", help="data SPEC of the images (default: the model's data)")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="images the costs are measured on (choose on train, report the bound on test)",
+)
 @click.option(
     "--num-images",
     type=int,

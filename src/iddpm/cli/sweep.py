@@ -84,7 +84,7 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     type=int,
     default=256,
     show_default=True,
-    help="test images the bound-optimal schedules are computed on",
+    help="training images the bound-optimal schedules are computed on",
 )
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
 @stats_options

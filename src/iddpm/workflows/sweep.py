@@ -41,7 +41,7 @@ class SweepJob:
     data); with `nll_images` > 0 also the K-step bound on that many test images where the
     sampler has one. `spacing` prefixes plain counts ("trailing" turns "10" into
     "trailing10"); `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
-    schedule (`iddpm steps`, costs on `steps_images` test images) as its own rows."""
+    schedule (`iddpm steps`, costs on `steps_images` training images) as its own rows."""
 
     checkpoint: Path
     samplers: tuple[str, ...] = ("ancestral",)
