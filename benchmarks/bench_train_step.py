@@ -11,8 +11,8 @@ update. Models: the `digits` preset's UNet at batch 64 and the paper's CIFAR-10 
 (52.5M parameters) at batch 8 (CPU-sized; pass --cifar-batch for a GPU).
 
 Variants (precision, attention kernel, GroupNorm, optimizer, channels_last, compile);
-"as before" = the code before issue 11: GroupNorm on an upcast float32 copy and AdamW's
-per-tensor loop instead of the fused kernel:
+"as before" = the code before issue 11: GroupNorm on an upcast float32 copy, AdamW's
+per-tensor loop instead of the fused kernel and nn.Dropout's bernoulli_ mask:
 - `fp32`: the default before issue 11 (fp32, eager, SDPA, as before): every ratio's base;
 - `bf16_before`: bf16 autocast as it was (SDPA, as before);
 - `bf16_sdpa`: bf16 with today's GroupNorm and AdamW but SDPA forced (vs `default`: the
@@ -64,7 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from iddpm.build import build_diffusion, build_timestep_sampler, build_unet
 from iddpm.config import ExperimentConfig
-from iddpm.model.layers import GroupNorm32, SelfAttention2d
+from iddpm.model.layers import Dropout, GroupNorm32, SelfAttention2d
 from iddpm.train.trainer import Trainer
 
 VARIANTS = {  # name: (channels_last, precision, compile, attention kernel, as before)
@@ -85,12 +85,14 @@ def _upcast_group_norm(self: GroupNorm32, x: torch.Tensor) -> torch.Tensor:
     return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
-def _set_kernels(model: torch.nn.Module, attention: str, upcast_norm: bool) -> None:
+def _set_kernels(model: torch.nn.Module, attention: str, before: bool) -> None:
     for m in model.modules():
         if isinstance(m, SelfAttention2d):
             m.kernel = attention
-        if upcast_norm and isinstance(m, GroupNorm32):
+        if before and isinstance(m, GroupNorm32):
             m.forward = types.MethodType(_upcast_group_norm, m)
+        if before and isinstance(m, Dropout):  # bernoulli_ masks, as nn.Dropout draws them
+            m.forward = types.MethodType(torch.nn.Dropout.forward, m)
 
 
 def _batches(cfg: ExperimentConfig, batch: int, device: torch.device) -> Iterator[dict]:
@@ -115,7 +117,7 @@ def _trainer(cfg: ExperimentConfig, batch: int, variant: tuple, device: torch.de
     cfg = cfg.replace(train=train)
     torch.manual_seed(0)
     model = build_unet(cfg.model)
-    _set_kernels(model, attention, upcast_norm=before)
+    _set_kernels(model, attention, before)
     loop_adamw = None
     if before:  # AdamW as the trainer built it before issue 11
         loop_adamw = torch.optim.AdamW(

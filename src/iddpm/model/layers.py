@@ -86,6 +86,23 @@ class TimestepEmbedder(nn.Module):
         return self.fc2(F.silu(self.fc1(timestep_embedding(timesteps, self.freq_dim))))
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a faster mask on a CPU: the mask is `rand >= p` from the global
+    generator instead of `bernoulli_`, which took 10 % of a CIFAR-10 bf16 training step
+    there (dropout forward + backward 1.5-1.6x faster alone; benchmarks/bench_train_step.py
+    for the whole step). Same distribution (keep with probability 1 − p, kept values
+    scaled by 1/(1 − p) in a separate scalar multiply, so the scale is not rounded to a
+    low-precision dtype); other devices use F.dropout (fused on CUDA)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
+        return (x * keep.to(x.dtype)) * (1.0 / (1.0 - self.p))
+
+
 class ResBlock(nn.Module):
     """Residual block conditioned on an embedding.
 
@@ -113,7 +130,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if use_scale_shift_norm else out_ch)
         self.norm2 = GroupNorm32(num_groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
