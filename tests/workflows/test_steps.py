@@ -29,6 +29,16 @@ def test_least_bound_schedules_beat_even_spacing_and_parse(tmp_path: Path) -> No
     assert (run / "eval" / "steps_model.json").is_file()
 
 
+@pytest.mark.slow  # 355 images x 20 steps: ~5 s
+def test_the_summary_counts_the_images_the_costs_came_from(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    save_random_run(run, tiny_experiment())
+    job = StepsJob(run, nfe=(3,), split="test", num_images=400, batch_size=400, decoder_steps=1)
+    result = optimal_schedules(job)  # the digits test split holds 355 images, not 400
+    assert result["num_images"] == 355 and result["schedules"][0]["num_images"] == 355
+    assert _job(run).split == "train"  # schedules are chosen on training images by default
+
+
 def test_costs_are_cached_and_a_foreign_cache_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "run"
     save_random_run(run, tiny_experiment())

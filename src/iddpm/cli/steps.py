@@ -64,14 +64,15 @@ def _counts(text: str) -> tuple[int, ...]:
 @job_command
 def steps(checkpoint: Path, nfe: str, device: Any, progress: Any, **values: Any) -> dict[str, Any]:
     """Print the K-step schedule of least bound for CHECKPOINT (a spec that `--steps`
-    accepts, e.g. "at:0,3,11,…") and the bound it achieves, beside the even spacing's."""
+    accepts, e.g. "at:0,3,11,…") and the bound it achieves on the cost images, beside the
+    even spacing's; `iddpm nll --split test --steps SPEC` measures it on test images."""
     stats = pop_stats_config(values, seed=values["seed"])
     job = StepsJob(checkpoint, nfe=_counts(nfe), stats=stats, **values)
     result = optimal_schedules(job, device, progress)
     for row in result["schedules"]:
         click.echo(
             f"K={row['nfe']}: {row['spec']}  bound {row['bound_bpd']:.4f} bits/dim "
-            f"(even spacing {row['even_bound_bpd']:.4f})",
+            f"(even spacing {row['even_bound_bpd']:.4f}) on {row['num_images']} {job.split} images",
             err=True,
         )
     return result

@@ -174,6 +174,7 @@ def schedules(
                 "spec": format_steps(steps),
                 "bound_bpd": bound,
                 "even_bound_bpd": path_cost(costs, even),
+                "num_images": int(costs.num_images),
             }
         )
     return rows
@@ -191,7 +192,7 @@ def optimal_schedules(
     result = {
         "schedules": rows,
         "sigma": job.sigma,
-        "num_images": job.num_images,
+        "num_images": rows[0]["num_images"],  # what the split holds, at most job.num_images
         "split": job.split,
         "seconds": round(time.perf_counter() - start, 3),
         "checkpoint": str(loaded.checkpoint),
