@@ -177,6 +177,15 @@ def load_init_weights(model: nn.Module, source: str | Path, weights: str = "ema"
     return InitWeights(path, which)
 
 
+def use_inductor_cache(folder: str | Path) -> None:
+    """Keep torch.compile's kernels in `folder` (a run's cache/inductor), so that a later
+    job on the same run (a resume, another sampling job) reuses them instead of compiling
+    again. Process-wide (TORCHINDUCTOR_CACHE_DIR): call it before the first compiled call.
+    Nothing is created here: inductor makes the folder when it first compiles, so a job
+    that fails before that leaves no trace in the run."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).resolve())
+
+
 def inference_model(
     model: nn.Module, compile: bool = False, cache_dir: str | Path | None = None
 ) -> nn.Module:
@@ -187,13 +196,11 @@ def inference_model(
     smaller batch of a job compiles once more). `cache_dir` (a run's `cache/`) receives
     inductor's caches, so a second job on the same model reuses the compiled kernels;
     it is set process-wide (TORCHINDUCTOR_CACHE_DIR) and must be chosen before the first
-    compiled call. Compiling pays only for long jobs: see benchmarks/bench_compile.py.
+    compiled call. Compiling pays only for long jobs: see benchmarks/bench_inference.py.
     """
     model.eval()
     if not compile:
         return model
     if cache_dir is not None:
-        folder = Path(cache_dir).resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+        use_inductor_cache(cache_dir)
     return torch.compile(model, dynamic=False)

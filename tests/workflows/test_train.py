@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import tiny_experiment
+from iddpm.train.trainer import Trainer
 from iddpm.workflows.train import TrainJob, base_config, train
 
 
@@ -84,3 +86,17 @@ def test_a_time_budget_is_shown_as_seconds_left(tmp_path: Path) -> None:
     assert (seen["total"], seen["unit"]) == (0.6, "s")  # the bar counts the budget's seconds
     assert sum(n for n, _ in seen["updates"]) <= 0.6 + 1e-9
     assert all("step" in postfix for _, postfix in seen["updates"])
+
+
+def test_a_compiled_run_keeps_its_kernels_in_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is pointed into the run only once the run can start (torch.compile makes
+    the folder as soon as it is called); the steps themselves are stubbed out here."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setattr(Trainer, "run", lambda self, max_seconds=None: {"step": 0})
+    cfg = tiny_experiment()
+    cfg = cfg.replace(train=cfg.train.replace(compile=True))
+    run = tmp_path / "run"
+    train(TrainJob(cfg, run))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((run / "cache" / "inductor").resolve())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from iddpm._io import write_json
-from iddpm.build import LoadedModel
+from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig
 from iddpm.eval.nll import NllResult, evaluate_nll, write_terms_csv
 from iddpm.workflows import runtime
@@ -19,7 +19,7 @@ from iddpm.workflows.data import data_for_model
 from iddpm.workflows.plots import plot_bound_terms
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
-from iddpm.workflows.sample import load_for_jobs, num_steps
+from iddpm.workflows.sample import compiled, num_steps
 from iddpm.workflows.statistics import StatsConfig, reverse_variance
 
 
@@ -43,13 +43,16 @@ def bits_per_dim_of(
     progress: Progress = silent,
     desc: str = "bits/dim",
     stats: StatsConfig | None = None,
+    compile: bool = False,
 ) -> NllResult:
     """The bound (exact, or the Monte-Carlo estimate with cfg.mc_timesteps) of the first
     cfg.num_images images (0: all) of cfg.data's cfg.split, checked against the model,
-    with the reverse variance cfg.sigma."""
+    with the reverse variance cfg.sigma; `compile`: a torch.compile'd forward, made once
+    the inputs are checked."""
     num_steps(loaded, cfg.steps)  # the step spec, before loading any data
     ds = data_for_model(loaded.config, cfg.data or None, cfg.split, cfg.num_images)
     table = reverse_variance(loaded, cfg.steps, cfg.sigma, device, stats, progress)
+    loaded = compiled(loaded, compile)
     with progress(desc, len(ds), "img") as bar:
         return evaluate_nll(
             loaded, ds.images, ds.labels, cfg, device, progress=bar.update, reverse_variance=table
@@ -70,13 +73,15 @@ def nll_to_files(
     """The `iddpm nll` job: bits/dim with the per-term CSV and plot (exact bound only);
     the summary is also written as OUT_DIR/<tag>.json."""
     cfg = job.eval
-    loaded = load_for_jobs(job.checkpoint, cfg.use_ema, device, job.compile)
+    loaded = load_model(job.checkpoint, use_ema=cfg.use_ema, device=device)
     T = loaded.config.diffusion.num_timesteps
     out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "eval"
     check_writable_dir(out_dir, "--out-dir")
     name = tag(cfg, T)
     start = time.perf_counter()
-    result = bits_per_dim_of(loaded, cfg, device, progress, f"bits/dim ({name})", job.stats)
+    result = bits_per_dim_of(
+        loaded, cfg, device, progress, f"bits/dim ({name})", job.stats, job.compile
+    )
     summary: dict[str, Any] = {
         **result.summary(),
         "data": cfg.data or loaded.config.train.data,

@@ -7,6 +7,7 @@ the sweep and the demo.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,18 +44,18 @@ class SampleJob:
     compile: bool = False
 
 
-def load_for_jobs(
-    checkpoint: Path, use_ema: bool, device: torch.device | str, compile: bool = False
-) -> LoadedModel:
-    """The model of a run or checkpoint for sampling or evaluation, optionally with a
-    compiled forward whose inductor cache lives in the run (RUN/cache/inductor), so a
-    later job on the same model starts warm. Compiling pays for long jobs only: about
-    two minutes cold on a CPU (see benchmarks/bench_inference.py)."""
-    loaded = load_model(checkpoint, use_ema=use_ema, device=device)
-    if compile:
-        cache = run_dir_of(loaded.checkpoint) / "cache" / "inductor"
-        loaded = dataclasses.replace(loaded, model=inference_model(loaded.model, True, cache))
-    return loaded
+def compiled(loaded: LoadedModel, compile: bool) -> LoadedModel:
+    """`loaded` with a torch.compile'd forward when `compile`; call it once the job's
+    inputs are checked (torch.compile makes its cache folder as soon as it is called).
+    The inductor cache lives in the run (RUN/cache/inductor), so a later job on the same
+    model starts warm; a run this process cannot write to keeps inductor's default cache.
+    Compiling pays for long jobs only: about a minute cold on a CPU, seconds warm (see
+    benchmarks/bench_inference.py)."""
+    if not compile:
+        return loaded
+    run = run_dir_of(loaded.checkpoint)
+    cache = run / "cache" / "inductor" if os.access(run, os.W_OK) else None
+    return dataclasses.replace(loaded, model=inference_model(loaded.model, True, cache))
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -128,13 +129,14 @@ def sample_to_files(
     """The `iddpm sample` job: validate, draw, write; returns the summary (also written as
     out.json)."""
     cfg = job.sample
-    loaded = load_for_jobs(job.checkpoint, cfg.use_ema, device, job.compile)
+    loaded = load_model(job.checkpoint, use_ema=cfg.use_ema, device=device)
     k = check_sampling(loaded, cfg)
     name = f"{tag(cfg, loaded.config.diffusion.num_timesteps)}_n{cfg.num}_seed{cfg.seed}"
     out = job.out or run_dir_of(loaded.checkpoint) / "samples" / f"{name}.npz"
     grid = job.grid or out.with_suffix(".png")
     for path, flag in ((out, "--out"), (grid, "--grid"), (out.with_suffix(".json"), "--out")):
         check_output_file(path, flag)
+    loaded = compiled(loaded, job.compile)
     samples, seconds = draw(loaded, cfg, device, progress, stats=job.stats)
     result: dict[str, Any] = {
         "num": cfg.num,

@@ -22,7 +22,13 @@ import torch
 
 from iddpm import distributed
 from iddpm._io import truncate_jsonl, write_json
-from iddpm.build import build_diffusion, build_timestep_sampler, build_unet, load_init_weights
+from iddpm.build import (
+    build_diffusion,
+    build_timestep_sampler,
+    build_unet,
+    load_init_weights,
+    use_inductor_cache,
+)
 from iddpm.checkpoint import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -229,6 +235,8 @@ def train(
     trainer, num_images = build_trainer(cfg, run, torch.device(device), job.resume)
     if job.resume:
         trainer.resume(run)
+    if cfg.train.compile:  # after every check; a resumed compiled run reuses its kernels
+        use_inductor_cache(run / "cache" / "inductor")
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
     total = cfg.train.steps
