@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import pop_stats_config, stats_options
+from iddpm.cli.options import compile_option, pop_stats_config, stats_options
 from iddpm.config import EVAL_SIGMAS, MC_METHODS, EvalConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES, FidJob, fid_of_files
@@ -68,12 +68,7 @@ POSITIVE = click.IntRange(min=1)
 )
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
-@click.option(
-    "--compile",
-    "compile_",
-    is_flag=True,
-    help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
-)
+@compile_option
 @stats_options
 @job_command
 def nll(

@@ -243,3 +243,13 @@ def pop_stats_config(values: dict[str, Any], seed: int = 0) -> StatsConfig:
     return StatsConfig(
         data=values.pop("stats_data"), num_images=values.pop("stats_images"), seed=seed
     )
+
+
+def compile_option(func: Callable) -> Callable:
+    """--compile for sample and nll: a torch.compile'd forward, its cache kept in the run."""
+    return click.option(
+        "--compile",
+        "compile_",
+        is_flag=True,
+        help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
+    )(func)

@@ -9,6 +9,7 @@ import click
 
 from iddpm.cli._command import job_command
 from iddpm.cli.options import (
+    compile_option,
     pop_sampler_options,
     pop_stats_config,
     sampler_choice,
@@ -50,12 +51,7 @@ STEPS_HELP = (
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip x0 to [-1, 1]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output .npz")
 @click.option("--grid", type=click.Path(path_type=Path), default=None, help="output PNG grid")
-@click.option(
-    "--compile",
-    "compile_",
-    is_flag=True,
-    help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
-)
+@compile_option
 @stats_options
 @job_command
 def sample(
