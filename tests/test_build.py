@@ -110,8 +110,8 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path: Path) -> None:
     torch.save({"model": model.state_dict(), "format_version": 7}, tmp_path / "future.pt")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     cases = {
-        "random.pt": r"random\.pt is not a readable checkpoint \(",
-        "notes.txt": r"notes\.txt is not a readable checkpoint \(",
+        "random.pt": r"random\.pt cannot be read: it is not a PyTorch file of tensors; pass a",
+        "notes.txt": r"notes\.txt cannot be read: it is not a PyTorch file \(KeyError",
         "reference.pt": r"reference\.pt is not an iddpm checkpoint; convert a reference",
         "future.pt": r"future\.pt has format_version 7 but this iddpm reads version 1",
         "list.pt": r"list\.pt is not an iddpm checkpoint; pass a run directory",

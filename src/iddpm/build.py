@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from iddpm._io import load_tensors
 from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint
 from iddpm.config import INIT_WEIGHTS, DiffusionConfig, ExperimentConfig, UNetConfig
 from iddpm.diffusion import schedules
@@ -101,13 +102,7 @@ def _read_source(source: str | Path) -> tuple[Path, dict]:
     """The checkpoint dict at `source` (run directory or file), read with weights_only."""
     path = resolve_checkpoint(source)
     fix = "pass a run directory or a .pt written by `iddpm train` or `iddpm convert`"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for foreign or damaged files
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(
-            f"--init-from {path} is not a readable checkpoint ({type(e).__name__}: {first}); {fix}"
-        ) from None
+    state = load_tensors(path, "--init-from", fix)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         plain = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
         hint = "convert a reference improved-diffusion file with `iddpm convert` first; "
