@@ -22,7 +22,6 @@ prepare of the same OUT). An existing OUT is never touched.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import json
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from iddpm._io import fsync_dir
 from iddpm.data.images import decode_image, image_folder_files, resize_images
 from iddpm.data.mapped import FORMAT, FORMAT_VERSION, IMAGES, LABELS, META, read_meta
 from iddpm.data.npz import inspect_npz, read_npz
@@ -174,15 +174,6 @@ def _plan(spec: str, split: str, resolution: int | None, class_cond: bool | None
 # ---- writing ----------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_images(path: Path, plan: _Plan, progress: Callable[[int, int], None] | None):
     """Stream the plan's chunks into a .npy file; returns the labels (int64 [N]) or None."""
     n, row = plan.shape[0], int(np.prod(plan.shape[1:]))
@@ -224,7 +215,7 @@ def _write_all(tmp: Path, plan: _Plan, meta: dict[str, Any], progress: Any) -> d
         f.write(json.dumps(meta, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     return meta
 
 
@@ -314,6 +305,6 @@ def prepare_data(
                 f"cannot write {out} ({e.strerror or e}); choose a writable folder with free space"
             ) from None
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     read_meta(out)  # what was written reads back
     return PreparedInfo(out, n, side, channels, meta["num_classes"], str(spec), split, nbytes)
