@@ -17,6 +17,13 @@ from iddpm.checkpoint import (
     list_checkpoints,
 )
 
+CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
+
+
+def cache_folder(run: Path, what: str) -> Path:
+    """RUN/cache/<what>: where a job keeps what it computes once for a run and reuses."""
+    return run / CACHE_DIR / what
+
 
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint file belongs to (RUN/checkpoints/step_*.pt -> RUN)."""

@@ -23,7 +23,7 @@ from iddpm.generate import Samples, sample_images, save_npz
 from iddpm.workflows import runtime
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_output_file, run_dir_of
+from iddpm.workflows.runs import cache_folder, check_output_file, run_dir_of
 from iddpm.workflows.statistics import StatsConfig, sampler_options
 
 GRID_IMAGES = 256
@@ -54,7 +54,7 @@ def compiled(loaded: LoadedModel, compile: bool) -> LoadedModel:
     if not compile:
         return loaded
     run = run_dir_of(loaded.checkpoint)
-    cache = run / "cache" / "inductor" if os.access(run, os.W_OK) else None
+    cache = cache_folder(run, "inductor") if os.access(run, os.W_OK) else None
     return dataclasses.replace(loaded, model=inference_model(loaded.model, True, cache))
 
 

@@ -31,10 +31,9 @@ from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.workflows import runtime
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import run_dir_of
+from iddpm.workflows.runs import cache_folder, run_dir_of
 
 MIN_IMAGES = 100  # fewer give Γ a relative standard error above ~2% on 8×8 images
-CACHE_DIR = "cache"
 SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
 
 
@@ -68,10 +67,12 @@ def _kept(model_fn: Any, diffusion: GaussianDiffusion) -> list[int]:
     return [int(s) for s in model_fn.original_steps(torch.arange(diffusion.num_timesteps))]
 
 
-def _cache_path(loaded: LoadedModel, what: str, meta: dict[str, Any]) -> Path:
+def cache_path(loaded: LoadedModel, what: str, meta: dict[str, Any], suffix: str = ".json") -> Path:
+    """RUN/cache/<what>/<checkpoint>-<key><suffix>, the key a digest of `meta` (what the
+    cached values depend on; the file stores `meta` too, checked when it is read)."""
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    folder = run_dir_of(loaded.checkpoint) / CACHE_DIR / what
-    return folder / f"{loaded.checkpoint.stem}-{key}.json"
+    folder = cache_folder(run_dir_of(loaded.checkpoint), what)
+    return folder / f"{loaded.checkpoint.stem}-{key}{suffix}"
 
 
 def _load_cached(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,7 +135,7 @@ def sampler_options(
         "data": stats.data or loaded.config.train.data,
         "seed": stats.seed,
     }
-    path = _cache_path(loaded, "sampler_stats", meta)
+    path = cache_path(loaded, "sampler_stats", meta)
     values = _load_cached(path, meta)
     if values is None:
         x0, kwargs = _training_images(loaded, stats, device)

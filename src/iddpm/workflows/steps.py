@@ -9,7 +9,6 @@ the K kept steps of least bound. The cost matrix is cached in the run directory 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from iddpm.workflows.data import data_for_model
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
 from iddpm.workflows.statistics import (
-    CACHE_DIR,
     MIN_IMAGES,
     StatsConfig,
+    cache_path,
     checkpoint_digest,
     sampler_options,
 )
@@ -117,9 +116,7 @@ def cost_matrix(
 ) -> BoundCosts:
     """The costs of every jump of the model's base process (cached in the run)."""
     meta = _meta(job, loaded)
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    path = run_dir_of(loaded.checkpoint) / CACHE_DIR / "step_costs"
-    path = path / f"{loaded.checkpoint.stem}-{key}.pt"
+    path = cache_path(loaded, "step_costs", meta, ".pt")
     costs = _cached_costs(path, meta)
     if costs is not None:
         return costs

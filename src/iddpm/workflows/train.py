@@ -46,7 +46,12 @@ from iddpm.train.trainer import Trainer
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_new_run, check_run_writable, has_checkpoints
+from iddpm.workflows.runs import (
+    cache_folder,
+    check_new_run,
+    check_run_writable,
+    has_checkpoints,
+)
 
 RESULT_FILE = "train_result.json"
 DEFAULT_PRESET = "digits"
@@ -236,7 +241,7 @@ def train(
     if job.resume:
         trainer.resume(run)
     if cfg.train.compile:  # after every check; a resumed compiled run reuses its kernels
-        use_inductor_cache(run / "cache" / "inductor")
+        use_inductor_cache(cache_folder(run, "inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
     total = cfg.train.steps
