@@ -3,6 +3,7 @@ reused, and a cached file that does not match is refused, never overwritten."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import torch
 from conftest import save_random_run, tiny_experiment
 from iddpm.build import load_model
 from iddpm.config import SampleConfig
-from iddpm.workflows.statistics import StatsConfig, reverse_variance, sampler_options
+from iddpm.workflows.statistics import (
+    StatsConfig,
+    _file_digest,
+    checkpoint_digest,
+    reverse_variance,
+    sampler_options,
+)
 
 STATS = StatsConfig(num_images=100)
 
@@ -70,3 +77,14 @@ def test_reverse_variance_tables(tmp_path: Path) -> None:
     # Analytic-DPM lies between the two fixed choices (Bao et al., Theorem 2), decoder aside
     assert bool((analytic[1:] >= small[1:] * (1 - 1e-12)).all())
     assert bool(torch.isfinite(analytic).all())
+
+
+def test_a_checkpoint_is_hashed_once_until_it_changes(tmp_path: Path) -> None:
+    f = tmp_path / "step.pt"
+    f.write_bytes(b"a" * 1000)
+    first = checkpoint_digest(f)
+    misses = _file_digest.cache_info().misses
+    assert checkpoint_digest(f) == first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert _file_digest.cache_info().misses == misses  # read from the cache, not the file
+    f.write_bytes(b"b" * 1001)
+    assert checkpoint_digest(f) == hashlib.sha256(b"b" * 1001).hexdigest()

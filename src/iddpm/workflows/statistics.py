@@ -13,6 +13,7 @@ does not match what is asked is a one-line error and is never overwritten.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -55,7 +56,16 @@ class StatsConfig:
 
 
 def checkpoint_digest(path: Path) -> str:
-    """SHA-256 of a checkpoint file (hex): what cached statistics belong to."""
+    """SHA-256 of a checkpoint file (hex): what cached statistics belong to. Hashed once per
+    process for a file of unchanged inode, size and mtime (a sweep asks for it at every row,
+    and a large model's checkpoint takes seconds to read; checkpoints are replaced by
+    rename, so a new one is a new inode)."""
+    st = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
