@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +205,24 @@ def dpm_solver_pp_steps(
     """
     _check_settings(order, max_step_ratio)
     x = initial_noise(shape, noise, generator, device, dtype)
+    yield from _multistep(
+        model_fn, diffusion, x, dpmpp_update, order, max_step_ratio, clip_denoised, model_kwargs
+    )
+
+
+def _multistep(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    update: Callable[..., torch.Tensor],
+    order: int,
+    max_step_ratio: float,
+    clip_denoised: bool,
+    model_kwargs: Mapping[str, Any] | None,
+) -> Iterator[SamplerStep]:
+    """The multistep loop of both solvers from x_T = x: one network call per index, the
+    x̂0 history (newest first, at most `order`), the step order (`_step_order`), and
+    `update(x, preds, lambdas, abar_s, abar_t)` for the step to the next index."""
     abar = diffusion.alphas_cumprod.tolist()
     lam = half_log_snr(diffusion.alphas_cumprod).tolist()
     preds: list[torch.Tensor] = []  # newest first, at most `order`
@@ -217,7 +235,7 @@ def dpm_solver_pp_steps(
             return
         k = _step_order(lam, t, len(preds), max_step_ratio)
         lambdas = [lam[t + j] for j in range(k)] + [lam[t - 1]]
-        x = dpmpp_update(x, preds[:k], lambdas, abar[t], abar[t - 1])
+        x = update(x, preds[:k], lambdas, abar[t], abar[t - 1])
         yield SamplerStep(t, x, out.pred_x0)
 
 
@@ -284,20 +302,14 @@ def sde_dpm_solver_pp_steps(
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}; 0 is deterministic")
     x = initial_noise(shape, noise, generator, device, dtype)
-    abar = diffusion.alphas_cumprod.tolist()
-    lam = half_log_snr(diffusion.alphas_cumprod).tolist()
-    preds: list[torch.Tensor] = []  # newest first, at most `order`
-    for t in reversed(range(diffusion.num_timesteps)):
-        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
-        preds = [out.pred_x0, *preds][:order]
-        if t == 0:
-            yield SamplerStep(t, out.pred_x0, out.pred_x0)  # the step to the data: x̂0
-            return
-        k = _step_order(lam, t, len(preds), max_step_ratio)
-        lambdas = [lam[t + j] for j in range(k)] + [lam[t - 1]]
+
+    def update(x: torch.Tensor, preds: Sequence[torch.Tensor], *levels: Any) -> torch.Tensor:
         z = _randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-        x = sde_dpmpp_update(x, preds[:k], lambdas, abar[t], abar[t - 1], z, eta)
-        yield SamplerStep(t, x, out.pred_x0)
+        return sde_dpmpp_update(x, preds, *levels, z, eta)
+
+    yield from _multistep(
+        model_fn, diffusion, x, update, order, max_step_ratio, clip_denoised, model_kwargs
+    )
 
 
 @dataclass(frozen=True)
