@@ -12,7 +12,7 @@ from iddpm.config import ExperimentConfig
 from iddpm.data.images import ImageDataset
 from iddpm.data.prepared import prepare_data
 from iddpm.data.spec import load_dataset
-from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.progress import Progress, running_total, silent
 
 
 def data_for_model(
@@ -68,11 +68,6 @@ class PrepareJob:
 def prepare(job: PrepareJob, progress: Progress = silent) -> dict[str, Any]:
     """The `iddpm prepare-data` job (all or nothing; see `data.prepared`)."""
     with progress("prepare-data", None, "img") as bar:
-        done = [0]
-
-        def tick(written: int, total: int) -> None:
-            bar.update(written - done[0])
-            done[0] = written
-
+        tick = running_total(bar)  # prepare_data reports (written, total)
         info = prepare_data(job.spec, job.out, job.split, job.resolution, job.class_cond, tick)
     return info.to_dict()

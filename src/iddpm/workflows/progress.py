@@ -8,9 +8,9 @@ passes a tqdm factory on rank 0; library callers pass nothing and get `silent`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Bar(Protocol):
@@ -26,6 +26,19 @@ class Progress(Protocol):
 class _NullBar:
     def update(self, n: float = 1, **postfix: float) -> None:
         pass
+
+
+def running_total(bar: Bar) -> Callable[..., None]:
+    """A callback for library code that reports the running total done so far (its first
+    argument; more are ignored), turned into the increments `bar.update` takes."""
+    last = 0
+
+    def tick(done: float, *_: Any) -> None:
+        nonlocal last
+        bar.update(done - last)
+        last = done
+
+    return tick
 
 
 @contextmanager

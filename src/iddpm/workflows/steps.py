@@ -25,7 +25,7 @@ from iddpm.diffusion.respace import format_steps
 from iddpm.diffusion.step_schedule import BoundCosts, bound_cost_matrix, optimal_steps, path_cost
 from iddpm.workflows import runtime
 from iddpm.workflows.data import data_for_model
-from iddpm.workflows.progress import Progress, silent
+from iddpm.workflows.progress import Progress, running_total, silent
 from iddpm.workflows.runs import check_writable_dir, run_dir_of
 from iddpm.workflows.statistics import (
     MIN_IMAGES,
@@ -128,12 +128,6 @@ def cost_matrix(
     ds = data_for_model(loaded.config, job.data or None, job.split, job.num_images)
     kwargs = {} if ds.labels is None else {"y": torch.as_tensor(ds.labels, device=device)}
     with progress(f"step costs on {len(ds)} images", len(ds), "img") as bar:
-        done = [0]
-
-        def tick(n: int) -> None:
-            bar.update(n - done[0])
-            done[0] = n
-
         costs = bound_cost_matrix(
             model_fn,
             diffusion,
@@ -144,7 +138,7 @@ def cost_matrix(
             eps_moments=eps_moments,
             decoder_steps=job.decoder_steps,
             model_kwargs=kwargs,
-            progress=tick,
+            progress=running_total(bar),  # it reports images done so far
         )
     if runtime.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
