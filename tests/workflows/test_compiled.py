@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import save_random_run, tiny_experiment
@@ -15,6 +16,7 @@ from iddpm.build import load_model
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.sample import SampleJob, compiled, sample_to_files
+from iddpm.workflows.statistics import StatsConfig
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -30,6 +32,16 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     save_random_run(run, tiny_experiment())
     return run
+
+
+def test_sampler_statistics_are_estimated_before_compiling(run: Path, tmp_path: Path) -> None:
+    few = tmp_path / "few.npz"
+    np.savez(few, arr_0=np.zeros((10, 8, 8, 1), np.uint8))  # too few for Γ
+    before = _tree(run)
+    cfg = SampleConfig(num=2, steps="5", sampler="analytic")
+    with pytest.raises(ValueError, match="statistics need at least"):
+        sample_to_files(SampleJob(run, cfg, stats=StatsConfig(data=str(few)), compile=True))
+    assert _tree(run) == before
 
 
 @pytest.mark.parametrize(

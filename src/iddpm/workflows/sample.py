@@ -98,11 +98,15 @@ def draw(
     progress: Progress = silent,
     desc: str | None = None,
     stats: StatsConfig | None = None,
+    compile: bool = False,
 ) -> tuple[Samples, float]:
     """Samples of `cfg` from a loaded model (all ranks get the gathered set) and the
-    seconds it took (statistics a sampler estimates from data are not counted)."""
+    seconds it took (statistics a sampler estimates from data are not counted).
+    `compile`: a torch.compile'd forward for the sampling, made once the request and the
+    sampler's statistics (estimated eagerly: another batch shape) are in hand."""
     k = check_sampling(loaded, cfg)
     options = sampler_options(loaded, cfg, device, stats, progress)
+    loaded = compiled(loaded, compile)
     start = time.perf_counter()
     with progress(desc or f"sampling ({cfg.sampler}, {k} steps)", cfg.num, "img") as bar:
         samples = sample_images(
@@ -136,8 +140,7 @@ def sample_to_files(
     grid = job.grid or out.with_suffix(".png")
     for path, flag in ((out, "--out"), (grid, "--grid"), (out.with_suffix(".json"), "--out")):
         check_output_file(path, flag)
-    loaded = compiled(loaded, job.compile)
-    samples, seconds = draw(loaded, cfg, device, progress, stats=job.stats)
+    samples, seconds = draw(loaded, cfg, device, progress, stats=job.stats, compile=job.compile)
     result: dict[str, Any] = {
         "num": cfg.num,
         "steps": k,
