@@ -1,13 +1,14 @@
 """The sampler registry: a name → one sampler loop and its typed options (DESIGN.md §2).
 
 Configs and commands name a sampler; nobody branches on it. Every entry's loop has the one
-sampler signature of `samplers.py`:
+loop contract of `samplers.py` (`SamplerLoop`):
 
-    steps(model_fn, diffusion, *, shape=None, noise=None, generator=None, clip_denoised=True,
-          model_kwargs=None, device=None, dtype=None, **options) -> Iterator[SamplerStep]
+    loop(denoise: Denoiser, x: x_T, noise: NoiseSource, **options) -> Iterator[SamplerStep]
 
-and its options are a frozen dataclass whose fields are the keyword options (validated in
-`__post_init__` with one-line errors). A field with `metadata={"cli": False}` is supplied by
+(`samplers.start` builds the three arguments from the shared keywords: shape or noise,
+generator, clip_denoised, model_kwargs, device, dtype), and its options are a frozen
+dataclass whose fields are the keyword options (validated in `__post_init__` with one-line
+errors). A field with `metadata={"cli": False}` is supplied by
 the caller's workflow (e.g. statistics estimated from data), not by a command-line flag;
 `metadata={"help": ...}` documents the rest. Such an entry also registers `from_data`, a
 function (model_fn, diffusion, x0 [M, C, H, W]) -> options that estimates them from
@@ -30,14 +31,21 @@ import torch
 from iddpm.diffusion import analytic
 from iddpm.diffusion.dpm_solver import (
     SDEOptions,
-    dpmpp_2m_sde_steps,
-    dpmpp_2m_steps,
-    dpmpp_3m_steps,
+    dpmpp_2m_loop,
+    dpmpp_2m_sde_loop,
+    dpmpp_3m_loop,
 )
 from iddpm.diffusion.gaussian import GaussianDiffusion
-from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, run_to_end
+from iddpm.diffusion.samplers import (
+    SamplerLoop,
+    SamplerStep,
+    ancestral_loop,
+    ddim_loop,
+    run_to_end,
+    start,
+)
 
-StepsFn = Callable[..., Iterator[SamplerStep]]
+StepsFn = SamplerLoop
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,25 @@ def cli_options() -> dict[str, tuple[type, str, tuple[str, ...]]]:
     return out
 
 
+def iterate(
+    name: str,
+    model_fn: Callable[..., torch.Tensor],
+    diffusion: GaussianDiffusion,
+    *,
+    options: Any = None,
+    **common: Any,
+) -> Iterator[SamplerStep]:
+    """The steps of sampler `name` (one `SamplerStep` per yield), arguments as in `sample`."""
+    entry = get(name)
+    if options is None:
+        options = entry.options()
+    elif not isinstance(options, entry.options):
+        raise TypeError(
+            f"sampler {name!r} takes {entry.options.__name__}, got {type(options).__name__}"
+        )
+    return entry.steps(*start(model_fn, diffusion, **common), **options_dict(options))
+
+
 def sample(
     name: str,
     model_fn: Callable[..., torch.Tensor],
@@ -174,48 +201,40 @@ def sample(
     """Run sampler `name` to the end and return the last x [N, C, H, W].
 
     options: the sampler's options object (default: its defaults); common: the shared
-    keywords of the sampler signature (shape or noise, generator, clip_denoised,
-    model_kwargs, device, dtype); callback(step) sees every step.
+    keywords of `samplers.start` (shape or noise, generator, clip_denoised, model_kwargs,
+    device, dtype); callback(step) sees every step.
     """
-    entry = get(name)
-    if options is None:
-        options = entry.options()
-    elif not isinstance(options, entry.options):
-        raise TypeError(
-            f"sampler {name!r} takes {entry.options.__name__}, got {type(options).__name__}"
-        )
-    loop = entry.steps(model_fn, diffusion, **common, **options_dict(options))
-    return run_to_end(loop, callback)
+    return run_to_end(iterate(name, model_fn, diffusion, options=options, **common), callback)
 
 
 register(
     "ancestral",
-    ancestral_steps,
+    ancestral_loop,
     NoOptions,
     "the paper's sampler: x_{t-1} ~ N(mu_theta, Sigma_theta) (fixed or learned Sigma)",
 )
-register("ddim", ddim_steps, DDIMOptions, "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)")
+register("ddim", ddim_loop, DDIMOptions, "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)")
 register(
     "dpmpp2m",
-    dpmpp_2m_steps,
+    dpmpp_2m_loop,
     NoOptions,
     "DPM-Solver++(2M) of Lu et al. 2022: deterministic, second order, one call per step",
 )
 register(
     "dpmpp3m",
-    dpmpp_3m_steps,
+    dpmpp_3m_loop,
     NoOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
 )
 register(
     "dpmpp2m-sde",
-    dpmpp_2m_sde_steps,
+    dpmpp_2m_sde_loop,
     SDEOptions,
     "SDE-DPM-Solver++(2M) of Lu et al. 2022: stochastic, second order, one call per step",
 )
 register(
     "analytic",
-    analytic.analytic_steps,
+    analytic.analytic_loop,
     analytic.AnalyticOptions,
     "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
     from_data=analytic.options_from_data,
