@@ -48,6 +48,13 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.likelihood",
         "diffusion.samplers",
     },
+    "diffusion.unipc": {
+        "_tensor",
+        "diffusion.gaussian",
+        "diffusion.samplers",
+        "diffusion.dpm_solver",
+    },
+    "diffusion.sigma_solvers": {"_tensor", "diffusion.gaussian", "diffusion.samplers"},
     "diffusion.registry": {
         "_tensor",
         "diffusion.analytic",
@@ -55,6 +62,8 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.respace",
         "diffusion.samplers",
         "diffusion.dpm_solver",
+        "diffusion.unipc",
+        "diffusion.sigma_solvers",
     },
     "model.layers": set(),
     "model.unet": {"model.layers", "config"},

@@ -229,7 +229,8 @@ def _multistep(
     x̂0 history (newest first, at most `order`), the step order (`_step_order`, and with
     `lower_order_final` at most t for the step from index t: the last steps, into the
     coarsest λ-intervals, fall back to low order as in UniPC), the optional corrector
-    (`Corrector`: after each call but the first it replaces the state just predicted, using
+    (`Corrector`: after each call but the first and the last it replaces the state just
+    predicted, using
     the new x̂0 at no extra call; the next update starts from the corrected state) and
     `update(x, preds, lambdas, abar_s, abar_t)` for the step to the next index."""
     diffusion = denoise.diffusion
@@ -240,7 +241,7 @@ def _multistep(
     for t in reversed(range(diffusion.num_timesteps)):
         out = denoise(x, t)
         preds = [out.pred_x0, *preds][: order + 1]
-        if corrector is not None and k > 0:
+        if corrector is not None and k > 0 and t > 0:  # at t = 0 only x̂0 is read
             levels = [lam[t + j] for j in range(k + 1)]
             x = corrector(x_prev, x, preds[: k + 1], levels, abar[t + 1], abar[t])
         if t == 0:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from iddpm.diffusion import analytic
+from iddpm.diffusion import analytic, sigma_solvers, unipc
 from iddpm.diffusion.dpm_solver import (
     SDEOptions,
     dpmpp_2m_loop,
@@ -238,4 +238,28 @@ register(
     analytic.AnalyticOptions,
     "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
     from_data=analytic.options_from_data,
+)
+register(
+    "unipc",
+    unipc.unipc_loop,
+    unipc.UniPCOptions,
+    "UniPC of Zhao et al. 2023 (bh2): multistep predictor + corrector, one call per step",
+)
+register(
+    "ipndm",
+    sigma_solvers.ipndm_loop,
+    sigma_solvers.IPNDMOptions,
+    "iPNDM (Zhang & Chen 2023): 4th-order Adams-Bashforth in sigma, one call per step",
+)
+register(
+    "heun",
+    sigma_solvers.heun_loop,
+    NoOptions,
+    "EDM's Heun (Karras et al. 2022): 2nd order, 2 calls per step (K steps: 2K-1 calls)",
+)
+register(
+    "euler-ancestral",
+    sigma_solvers.euler_ancestral_loop,
+    sigma_solvers.EulerAncestralOptions,
+    "k-diffusion's Euler ancestral: Euler step in sigma plus fresh noise, one call per step",
 )

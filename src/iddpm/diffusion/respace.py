@@ -35,6 +35,7 @@ Step specs (`parse_steps`), with T the base process's number of steps:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,9 +47,13 @@ ModelFn = Callable[..., torch.Tensor]
 
 _FORMATS = (
     "use a count like '50', section counts like '10,15,20', 'ddim50', 'trailing50', "
-    "'logsnr50', or a list of steps like 'at:0,10,999'"
+    "'logsnr50', 'karras50', or a list of steps like 'at:0,10,999'"
 )
 EXPLICIT_PREFIX = "at:"
+SPACING_PREFIXES = ("ddim", "trailing", "logsnr", "karras")  # each followed by a count K
+LOGSNR_FLOOR = -9.0  # where `logsnrK` stops (cosine T = 1000: step 991); see the docstring
+KARRAS_SIGMA_MAX = 80.0  # the top σ of `karrasK` (cosine T = 1000: step 991)
+KARRAS_RHO = 7.0
 
 
 def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
@@ -129,8 +134,7 @@ def _trailing_steps(count: int, num_timesteps: int) -> list[int]:
     return sorted(num_timesteps - 1 - (i * num_timesteps) // count for i in range(count))
 
 
-def _logsnr_steps(count: int, alphas_cumprod: torch.Tensor, spec: str) -> list[int]:
-    """K steps uniform in log-SNR between steps 0 and T−1 (module docstring), sorted."""
+def _log_snr(alphas_cumprod: torch.Tensor, spec: str) -> torch.Tensor:
     abar = alphas_cumprod.detach().to(device="cpu", dtype=torch.float64)
     logsnr = torch.log(abar) - torch.log1p(-abar)  # strictly decreasing in t
     if not bool(torch.isfinite(logsnr).all()):
@@ -138,21 +142,64 @@ def _logsnr_steps(count: int, alphas_cumprod: torch.Tensor, spec: str) -> list[i
             f"step spec {spec!r} needs 0 < ᾱ < 1 at every step for a finite log-SNR; "
             "use an even spacing like 'trailing50' for this schedule"
         )
-    T = abar.numel()
-    if count == 1:
-        return [0]
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), count, dtype=torch.float64)
+    return logsnr
+
+
+def _nearest_steps(targets: torch.Tensor, logsnr: torch.Tensor, spec: str) -> list[int]:
+    """The steps of log-SNR nearest to `targets` [K] (decreasing log-SNR, the last at or
+    above the schedule's end), sorted; colliding targets move up to the next free step,
+    never past the room the remaining ones need below the top target's step."""
+    T, count = logsnr.numel(), targets.numel()
     # nearest step: the insertion point in the increasing −logsnr and its left neighbour
     right = torch.searchsorted(-logsnr, -targets).clamp(1, T - 1)
     left = right - 1
     closer_left = (logsnr[left] - targets).abs() <= (logsnr[right] - targets).abs()
     nearest = torch.where(closer_left, left, right).tolist()
+    top = nearest[-1]
+    if top + 1 < count:
+        raise ValueError(
+            f"step spec {spec!r} needs {count} steps at or below step {top}, where its "
+            f"log-SNR range ends; use at most {top + 1} steps"
+        )
     kept: list[int] = []
     for i, step in enumerate(nearest):
         # next free step above the last one, leaving room for the count − 1 − i still to place
         floor = kept[-1] + 1 if kept else 0
-        kept.append(min(max(step, floor), T - count + i))
+        kept.append(min(max(step, floor), top - count + 1 + i))
     return kept
+
+
+def logsnr_steps(
+    count: int, alphas_cumprod: torch.Tensor, floor: float = LOGSNR_FLOOR, spec: str = ""
+) -> list[int]:
+    """K steps uniform in log-SNR from step 0 down to max(log-SNR at T−1, `floor`), sorted
+    (module docstring)."""
+    logsnr = _log_snr(alphas_cumprod, spec or f"logsnr{count}")
+    if count == 1:
+        return [0]
+    low = max(float(logsnr[-1]), floor)
+    targets = torch.linspace(float(logsnr[0]), low, count, dtype=torch.float64)
+    return _nearest_steps(targets, logsnr, spec or f"logsnr{count}")
+
+
+def karras_steps(
+    count: int,
+    alphas_cumprod: torch.Tensor,
+    sigma_max: float = KARRAS_SIGMA_MAX,
+    rho: float = KARRAS_RHO,
+    spec: str = "",
+) -> list[int]:
+    """K steps at Karras et al.'s σ_i = (σ_max^{1/ρ} + i/(K−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ
+    in σ = √((1 − ᾱ)/ᾱ), σ_min that of step 0, σ_max = min(`sigma_max`, σ of step T−1);
+    each the step of nearest log σ (log-SNR = −2 log σ), sorted (module docstring)."""
+    logsnr = _log_snr(alphas_cumprod, spec or f"karras{count}")
+    if count == 1:
+        return [0]
+    sig_min = math.exp(-0.5 * float(logsnr[0]))
+    sig_max = min(math.exp(-0.5 * float(logsnr[-1])), sigma_max)
+    ramp = torch.linspace(1.0, 0.0, count, dtype=torch.float64)
+    sig = (sig_max ** (1 / rho) + ramp * (sig_min ** (1 / rho) - sig_max ** (1 / rho))) ** rho
+    return _nearest_steps(-2.0 * torch.log(sig), logsnr, spec or f"karras{count}")
 
 
 def _parse_count(token: str, spec: str) -> int:
@@ -236,7 +283,7 @@ def parse_steps(
     text = spec.strip()
     if text.startswith(EXPLICIT_PREFIX):
         return _explicit_steps(spec, num_timesteps)
-    for prefix in ("ddim", "trailing", "logsnr"):
+    for prefix in SPACING_PREFIXES:
         if text.startswith(prefix):
             count = _parse_count(text[len(prefix) :], spec)
             _check_count(count, prefix, spec, num_timesteps)
@@ -244,7 +291,10 @@ def parse_steps(
                 return _ddim_steps(count, num_timesteps)
             if prefix == "trailing":
                 return _trailing_steps(count, num_timesteps)
-            return _logsnr_steps(count, _need_abar(alphas_cumprod, spec, num_timesteps), spec)
+            abar = _need_abar(alphas_cumprod, spec, num_timesteps)
+            if prefix == "karras":
+                return karras_steps(count, abar, spec=spec)
+            return logsnr_steps(count, abar, spec=spec)
     if not text[0].isdigit() and text[0] not in "+-":
         raise ValueError(f"unknown step spec {spec!r}; {_FORMATS}")
     return _section_steps(text, spec, num_timesteps)
