@@ -329,6 +329,25 @@ def sde_dpm_solver_pp_steps(
 
 
 @dataclass(frozen=True)
+class DPMOptions:
+    """DPM-Solver++ multistep: the long-step safeguard (module docstring)."""
+
+    max_step_ratio: float = dataclasses.field(
+        default=MAX_STEP_RATIO,
+        metadata={
+            "help": "dpmpp*: a step longer in lambda than this times the previous one is "
+            "taken at first order (inf: never)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not float(self.max_step_ratio) > 0:
+            raise ValueError(
+                f"--max-step-ratio {self.max_step_ratio} must be > 0 (inf: no safeguard)"
+            )
+
+
+@dataclass(frozen=True)
 class SDEOptions:
     """SDE-DPM-Solver++(2M): eta scales the noise of the reverse SDE (0 = `dpmpp2m`)."""
 
@@ -336,12 +355,17 @@ class SDEOptions:
         default=1.0,
         metadata={"help": "noise scale eta >= 0 (dpmpp2m-sde: 1 = the reverse SDE, 0 = dpmpp2m)"},
     )
+    max_step_ratio: float = dataclasses.field(
+        default=MAX_STEP_RATIO,
+        metadata={"help": "dpmpp*: the long-step safeguard (see dpmpp2m)"},
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(float(self.eta)) and float(self.eta) >= 0):
             raise ValueError(
                 f"--eta {self.eta} is not a finite number >= 0; 0 is deterministic, 1 the SDE"
             )
+        DPMOptions(self.max_step_ratio)
 
 
 def dpmpp_2m_sde_loop(
@@ -367,6 +391,7 @@ def dpmpp_3m_loop(
 
 __all__ = [
     "Corrector",
+    "DPMOptions",
     "SDEOptions",
     "dpm_solver_pp_loop",
     "dpm_solver_pp_steps",

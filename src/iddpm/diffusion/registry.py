@@ -30,6 +30,7 @@ import torch
 
 from iddpm.diffusion import analytic, sigma_solvers, unipc
 from iddpm.diffusion.dpm_solver import (
+    DPMOptions,
     SDEOptions,
     dpmpp_2m_loop,
     dpmpp_2m_sde_loop,
@@ -217,13 +218,13 @@ register("ddim", ddim_loop, DDIMOptions, "DDIM(eta) of Song et al. 2021 (eta = 0
 register(
     "dpmpp2m",
     dpmpp_2m_loop,
-    NoOptions,
+    DPMOptions,
     "DPM-Solver++(2M) of Lu et al. 2022: deterministic, second order, one call per step",
 )
 register(
     "dpmpp3m",
     dpmpp_3m_loop,
-    NoOptions,
+    DPMOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
 )
 register(
