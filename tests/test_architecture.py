@@ -55,6 +55,13 @@ ALLOWED: dict[str, set[str]] = {
         "diffusion.dpm_solver",
     },
     "diffusion.sigma_solvers": {"_tensor", "diffusion.gaussian", "diffusion.samplers"},
+    "diffusion.step_costs": {
+        "_tensor",
+        "diffusion.gaussian",
+        "diffusion.respace",
+        "diffusion.samplers",
+        "diffusion.unipc",
+    },
     "diffusion.registry": {
         "_tensor",
         "diffusion.analytic",
