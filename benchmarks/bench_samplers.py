@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -94,10 +95,12 @@ def spec_for(spacing: str, k: int, abar: torch.Tensor, T: int) -> str:
         return kind
     if not arg:
         return str(k) if kind == "even" else f"{kind}{k}"
+    lo, _, hi = arg.partition(":")  # logsnr@FLOOR:CEILING, karras@SIGMA_MIN:SIGMA_MAX
     if kind == "logsnr":
-        return format_steps(logsnr_steps(k, abar, floor=float(arg)))
+        ceiling = float(hi) if hi else math.inf
+        return format_steps(logsnr_steps(k, abar, floor=float(lo), ceiling=ceiling))
     if kind == "karras":
-        return format_steps(karras_steps(k, abar, sigma_max=float(arg)))
+        return format_steps(karras_steps(k, abar, sigma_min=float(lo), sigma_max=float(hi)))
     raise ValueError(f"unknown spacing {spacing!r}")
 
 
@@ -177,8 +180,8 @@ def main() -> None:
                    help="comma list of 'name' or 'name:key=value+key=value'")  # fmt: skip
     p.add_argument("--nfe", default=",".join(map(str, NFE)), help="network-call budgets")
     p.add_argument("--spacings", default="even",
-                   help="comma list: even, trailing, logsnr, karras, logsnr@FLOOR, "
-                   "karras@SIGMA_MAX, at:…")  # fmt: skip
+                   help="comma list: even, trailing, logsnr, karras, logsnr@FLOOR:CEILING, "
+                   "karras@SIGMA_MIN:SIGMA_MAX, at:…")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--no-bounds", action="store_true", help="skip the bound measurements")
     p.add_argument("--nll-images", type=int, default=0, help="test images for bounds (0: all)")

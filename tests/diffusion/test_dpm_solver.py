@@ -98,12 +98,13 @@ def test_dpmpp2m_is_second_order_and_ddim_first_order_on_logsnr_steps() -> None:
 
 
 def test_dpmpp3m_pays_from_40_steps_on_logsnr_steps() -> None:
-    # Measured worst errors 3.7e-1, 4.7e-2, 1.5e-3, 6.8e-5 (slope −4.2): worse than 2M at
-    # 10–20 NFE (3.0e-2 at 20), 6× better at 40 and 30× better at 80 NFE.
+    # Measured worst errors (log-SNR down to the floor −9) 1.4e-1, 6.2e-3, 4.6e-4, 1.1e-4
+    # (slope −3.5): worse than 2M at 10 NFE (4.0e-2), 2.3× better at 20, 8× at 40 and 80
+    # NFE (where both approach the base grid's floor near the data).
     err3 = worst_errors("dpmpp3m", "logsnr")
     err2 = worst_errors("dpmpp2m", "logsnr")
     assert loglog_slope(err3) <= -2.6, err3
-    assert err3[2] < err2[2] / 3 and err3[3] < err2[3] / 10, (err3, err2)
+    assert err3[2] < err2[2] / 3 and err3[3] < err2[3] / 5, (err3, err2)
 
 
 def test_dpmpp2m_beats_ddim_on_even_steps() -> None:

@@ -54,6 +54,8 @@ SPACING_PREFIXES = ("ddim", "trailing", "logsnr", "karras")  # each followed by 
 LOGSNR_FLOOR = -9.0  # where `logsnrK` stops (cosine T = 1000: step 991); see the docstring
 KARRAS_SIGMA_MAX = 80.0  # the top σ of `karrasK` (cosine T = 1000: step 991)
 KARRAS_RHO = 7.0
+LOGSNR_CEILING = math.inf  # where `logsnrK` starts (inf: at step 0)
+KARRAS_SIGMA_MIN = 0.0  # the bottom σ of `karrasK` (0: that of step 0)
 
 
 def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
@@ -170,15 +172,20 @@ def _nearest_steps(targets: torch.Tensor, logsnr: torch.Tensor, spec: str) -> li
 
 
 def logsnr_steps(
-    count: int, alphas_cumprod: torch.Tensor, floor: float = LOGSNR_FLOOR, spec: str = ""
+    count: int,
+    alphas_cumprod: torch.Tensor,
+    floor: float = LOGSNR_FLOOR,
+    spec: str = "",
+    ceiling: float = LOGSNR_CEILING,
 ) -> list[int]:
-    """K steps uniform in log-SNR from step 0 down to max(log-SNR at T−1, `floor`), sorted
-    (module docstring)."""
+    """K steps uniform in log-SNR from min(log-SNR at step 0, `ceiling`) down to
+    max(log-SNR at T−1, `floor`), sorted (module docstring)."""
     logsnr = _log_snr(alphas_cumprod, spec or f"logsnr{count}")
+    high = min(float(logsnr[0]), ceiling)
     if count == 1:
-        return [0]
+        return _nearest_steps(torch.tensor([high], dtype=torch.float64), logsnr, spec)
     low = max(float(logsnr[-1]), floor)
-    targets = torch.linspace(float(logsnr[0]), low, count, dtype=torch.float64)
+    targets = torch.linspace(high, low, count, dtype=torch.float64)
     return _nearest_steps(targets, logsnr, spec or f"logsnr{count}")
 
 
@@ -188,14 +195,15 @@ def karras_steps(
     sigma_max: float = KARRAS_SIGMA_MAX,
     rho: float = KARRAS_RHO,
     spec: str = "",
+    sigma_min: float = KARRAS_SIGMA_MIN,
 ) -> list[int]:
     """K steps at Karras et al.'s σ_i = (σ_max^{1/ρ} + i/(K−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ
     in σ = √((1 − ᾱ)/ᾱ), σ_min that of step 0, σ_max = min(`sigma_max`, σ of step T−1);
     each the step of nearest log σ (log-SNR = −2 log σ), sorted (module docstring)."""
     logsnr = _log_snr(alphas_cumprod, spec or f"karras{count}")
+    sig_min = max(math.exp(-0.5 * float(logsnr[0])), sigma_min)
     if count == 1:
-        return [0]
-    sig_min = math.exp(-0.5 * float(logsnr[0]))
+        return _nearest_steps(torch.tensor([-2.0 * math.log(sig_min)]), logsnr, spec)
     sig_max = min(math.exp(-0.5 * float(logsnr[-1])), sigma_max)
     ramp = torch.linspace(1.0, 0.0, count, dtype=torch.float64)
     sig = (sig_max ** (1 / rho) + ramp * (sig_min ** (1 / rho) - sig_max ** (1 / rho))) ** rho
