@@ -137,7 +137,7 @@ def _check_moments(eps_moments: Sequence[float] | torch.Tensor, num_t: int) -> t
     if gamma.numel() == 0:
         raise ValueError(
             "Analytic-DPM needs Γ_n = E‖ε‖²/d from training images; estimate it with "
-            "analytic.estimate_eps_moments (or the sampler's from_data) first"
+            "analytic.estimate_eps_moments (the registry's statistic 'gamma') first"
         )
     if gamma.numel() != num_t:
         raise ValueError(
@@ -196,7 +196,11 @@ class AnalyticOptions:
 
     eps_moments: tuple[float, ...] = dataclasses.field(
         default=(),
-        metadata={"cli": False, "help": "Γ_n = E‖ε‖²/d of each step, from training images"},
+        metadata={
+            "cli": False,
+            "statistic": "gamma",
+            "help": "Γ_n = E‖ε‖²/d of each step, from training images",
+        },
     )
     clip_pixel: float = dataclasses.field(
         default=1.0,
@@ -231,12 +235,3 @@ def analytic_steps(
     [K] of this process."""
     variance = clip_for_sampling(analytic_variance(diffusion, eps_moments), clip_pixel)
     return ancestral_steps(model_fn, diffusion.with_reverse_variance(variance), **common)
-
-
-def options_from_data(
-    model_fn: ModelFn, diffusion: GaussianDiffusion, x0: torch.Tensor, **kwargs: Any
-) -> AnalyticOptions:
-    """The registry's `from_data` hook: AnalyticOptions with Γ estimated on x0 [M, C, H, W]
-    (keywords go to `estimate_eps_moments`; seed 0 by default)."""
-    gamma = estimate_eps_moments(model_fn, diffusion, x0, **kwargs)
-    return AnalyticOptions(eps_moments=tuple(gamma.tolist()))
