@@ -42,6 +42,7 @@ SAMPLES_DIR = "samples"
 PLOTS_DIR = "plots"
 EVAL_DIR = "eval"  # bits/dim, step schedules
 SWEEP_DIR = "sweep"
+LEADERBOARD_DIR = "leaderboard"  # the demo's sweep
 CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -81,6 +82,10 @@ class RunDir:
     @property
     def sweep(self) -> Path:
         return self.root / SWEEP_DIR
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / LEADERBOARD_DIR
 
     def cache(self, what: str) -> Path:
         """RUN/cache/<what>: where jobs keep what they compute once for the run."""

@@ -171,6 +171,6 @@ def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -
         num=job.num_samples,
         seed=job.seed,
         stats=job.stats,
-        out_dir=job.run_dir / "leaderboard",
+        out_dir=run_dir(job.run_dir).leaderboard,
     )
     return sweep(board, device, progress)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from iddpm.checkpoint import METRICS_FILE, run_dir
+from iddpm.checkpoint import run_dir
 from iddpm.config import ExperimentConfig
 from iddpm.diffusion import registry
 from iddpm.eval.nll import NllResult, write_terms_csv
@@ -52,8 +52,8 @@ def _figures(
                 "brackets precision / recall (k = 3).\n\n" + _board_table(board),
             )
         )
-    if (run / METRICS_FILE).is_file():  # a run shorter than one logging interval has none
-        curves = plot_training_curves(plots / "training_curves.png", run / METRICS_FILE)
+    if run_dir(run).metrics_path.is_file():  # a run shorter than one logging interval has none
+        curves = plot_training_curves(plots / "training_curves.png", run_dir(run).metrics_path)
         text = "Loss of L_hybrid per example, and the loss by timestep quartile (q0: small t)."
         figures.append(("Training curves", curves, text))
     figures.append(

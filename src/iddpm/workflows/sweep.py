@@ -4,8 +4,6 @@ Figure 8 view, extended to other samplers)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import torch
 
-from iddpm._io import write_json, write_text
+from iddpm._io import write_csv, write_json
 from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.diffusion import registry, respace
@@ -147,11 +145,8 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], feature_name: str) -> dict[str, str]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    paths = {"csv": str(write_text(out_dir / "sweep.csv", text.getvalue()))}
+    table = [[r.get(k, "") for k in keys] for r in rows]
+    paths = {"csv": str(write_csv(out_dir / "sweep.csv", keys, table))}
     steps = sorted({r["steps"] for r in rows})
     paths["fid_plot"] = str(
         plot_metric_vs_steps(

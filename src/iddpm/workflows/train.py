@@ -213,7 +213,7 @@ def _last_saved_step(run: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def _progress_callback(bar, total_steps: int, max_seconds: float | None):
+def _progress_callback(bar, max_seconds: float | None):
     start, last = time.perf_counter(), [0.0]
 
     def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
@@ -248,13 +248,12 @@ def train(
         use_inductor_cache(run_dir(run).cache("inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
-    total = cfg.train.steps
-    bar_total = max_seconds if max_seconds else total
+    bar_total = max_seconds if max_seconds else cfg.train.steps
     unit = "s" if max_seconds else "step"
     with progress("train", bar_total, unit) as bar:
         if not max_seconds:
             bar.update(trainer.step_count)
-        trainer.on_step = _progress_callback(bar, total, max_seconds)
+        trainer.on_step = _progress_callback(bar, max_seconds)
         try:
             summary = trainer.run(max_seconds=max_seconds)
         except BaseException:
