@@ -22,7 +22,7 @@ from iddpm import distributed
 from iddpm._io import write_json
 from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
-from iddpm.eval.features import classifier_confidence, get_extractor
+from iddpm.eval.features import EXTRACTORS, classifier_confidence, get_extractor
 from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
 from iddpm.eval.precision_recall import precision_recall
 from iddpm.workflows import runtime
@@ -31,7 +31,7 @@ from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_output_file
 from iddpm.workflows.sample import write_samples
 
-FEATURES = ("digits", "inception")
+FEATURES = EXTRACTORS  # what --features offers
 PR_K = 3  # neighbours of the improved precision/recall (Kynkäänniemi et al. 2019)
 PR_MAX_FEATURES = 10_000
 
