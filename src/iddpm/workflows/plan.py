@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from iddpm import distributed
-from iddpm.build import LoadedModel, inference_model, kept_steps, spaced
+from iddpm.build import LoadedModel, inference_model, spaced
 from iddpm.config import SampleConfig
 from iddpm.diffusion import registry
 from iddpm.diffusion.respace import ModelAdapter
@@ -81,9 +81,11 @@ class SamplingPlan:
         dcfg, mcfg = loaded.config.diffusion, loaded.config.model
         self.entry = registry.get(request.sampler)
         self._base_options = registry.make_options(request.sampler, request.sampler_options)
-        self.kept = tuple(kept_steps(dcfg, request.steps))  # checks the step spec
-        class_labels(range(0), mcfg.num_classes, request.class_label)  # checks --class
+        # the process is built once; building it checks the step spec
         self.diffusion, self.adapter = spaced(loaded.model, dcfg, request.steps)
+        steps = self.adapter.original_steps(torch.arange(self.diffusion.num_timesteps))
+        self.kept = tuple(int(s) for s in steps)
+        class_labels(range(0), mcfg.num_classes, request.class_label)  # checks --class
         self.image_shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
         self._options: Any = None if self.entry.statistics else self._base_options
         self._model_fn: ModelFn | None = None
