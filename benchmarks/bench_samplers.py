@@ -35,10 +35,10 @@ from iddpm.diffusion import registry
 from iddpm.diffusion import schedules as noise_schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.respace import format_steps, karras_steps, logsnr_steps
-from iddpm.diffusion.sigma_solvers import heun_calls, heun_loop
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
-from iddpm.workflows.statistics import StatsConfig
 from iddpm.workflows.steps import StepsJob, schedules
 from iddpm.workflows.train import TrainJob, train
 
@@ -62,12 +62,8 @@ def trained_run(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def calls_of(name: str, steps: int) -> int:
-    """Network calls of sampler `name` for a process of `steps` indices."""
-    entry = registry.get(name)
-    calls = getattr(entry, "calls", None)
-    if calls is not None:
-        return int(calls(steps))
-    return heun_calls(steps) if entry.steps is heun_loop else steps
+    """Network calls of sampler `name` for a process of `steps` indices (at most)."""
+    return int(registry.get(name).calls(steps))
 
 
 def steps_for(name: str, nfe: int) -> int:
@@ -121,8 +117,8 @@ def leaderboard(loaded, args: argparse.Namespace) -> list[dict]:
                     cfg = SampleConfig(num=args.num, steps=spec, sampler=name,
                                        sampler_options=opts, batch_size=args.batch_size,
                                        seed=seed)  # fmt: skip
-                    row = sample_and_score(loaded, cfg, extractor, ref, args.device)
-                    runs.append(row)
+                    plan = SamplingPlan(loaded, cfg, JobContext(args.device))
+                    runs.append(sample_and_score(plan, extractor, ref))
                 out = {"sampler": token, "spacing": spacing, "nfe": calls_of(name, k),
                        "steps": k, "spec": spec, **_summary(runs)}  # fmt: skip
                 print(json.dumps(out), file=sys.stderr, flush=True)
@@ -144,13 +140,13 @@ def _summary(runs: list[dict]) -> dict:
 def bounds(loaded, args: argparse.Namespace) -> dict:
     def bpd(steps: str, sigma: str) -> float:
         cfg = EvalConfig(steps=steps, num_images=args.nll_images, seed=args.seed, sigma=sigma)
-        return round(bits_per_dim_of(loaded, cfg, args.device).bpd, 4)
+        return round(bits_per_dim_of(loaded, cfg, JobContext(args.device)).bpd, 4)
 
     out: dict = {f"even_{s}": {k: bpd(str(k), s) for k in BOUND_K} for s in SIGMAS}
     start = time.perf_counter()
     job = StepsJob(Path(args.run), nfe=BOUND_K, num_images=args.steps_images, seed=args.seed,
                    decoder_steps=args.decoder_steps)  # fmt: skip
-    rows = schedules(job, loaded, args.device)
+    rows = schedules(job, loaded, JobContext(args.device))
     out["dp_seconds"] = round(time.perf_counter() - start, 1)
     out["dp_specs"] = {r["nfe"]: r["spec"] for r in rows}
     out["dp_cost_matrix_bound"] = {r["nfe"]: round(r["bound_bpd"], 4) for r in rows}

@@ -13,7 +13,8 @@ S_{K−1} = g_{N−1} > … > S_0 then costs, in mean squared error per dimensio
 
 the local error of one step started on the reference (the step of the sampler's one-step
 form: "euler" = DDIM = DPM-Solver++(1), one network call at g_j, which GITS uses for every
-multistep solver; "heun" = EDM's Heun step, a second call at g_i), and the error of the
+multistep solver; "trapezoid" = EDM's Heun step, a second call at g_i, or the Euler step
+where `heun` takes one), and the error of the
 last call's x̂0 (every sampler here returns x̂0 of its state at index 0). `optimal_path`
 minimises E by dynamic programming in O(K·N²):
 
@@ -35,10 +36,11 @@ import torch
 from iddpm.diffusion.gaussian import GaussianDiffusion
 from iddpm.diffusion.respace import karras_steps, respace
 from iddpm.diffusion.samplers import Denoiser, run_to_end
+from iddpm.diffusion.sigma_solvers import HEUN_MAX_RATIO
 from iddpm.diffusion.unipc import unipc_loop
 
 ModelFn = Callable[..., torch.Tensor]
-FORMS = ("euler", "heun")
+FORMS = ("euler", "trapezoid")
 
 
 @dataclass
@@ -168,8 +170,8 @@ def step_costs(
     """The cost matrix of the module docstring for starting points x_T [M, C, H, W].
 
     model_fn(x, t) takes base steps t (the unspaced model); candidates: increasing base
-    steps, the last the start; form: the one-step form ("euler" or "heun"). Network calls:
-    N (+ the fine solve) for "euler", N + N(N−1)/2 for "heun" (in batches of `batch`
+    steps, the last the start; form: the one-step form ("euler" or "trapezoid"). Network calls:
+    N (+ the fine solve) for "euler", up to N + N(N−1)/2 for "trapezoid" (in batches of `batch`
     images). progress(n) after each candidate. Returns float64 costs on the CPU.
     """
     if form not in FORMS:
@@ -202,11 +204,16 @@ def step_costs(
             h = (sig[:j] - sig[j]).to(x_T.dtype).to(x_T.device).reshape(j, *[1] * x_T.ndim)
             a = amp[:j].to(x_T.dtype).to(x_T.device).reshape(j, *[1] * x_T.ndim)
             guess = xbar.unsqueeze(0) + h * eps.unsqueeze(0)  # [j, M, …] Euler to each g_i
-            if form == "heun":
-                t = torch.tensor(steps[:j], device=x_T.device).repeat_interleave(m)
-                x0_i = x0_at((a * guess).reshape(j * m, *x_T.shape[1:]), t).reshape(guess.shape)
-                s_i = (sig[:j]).to(x_T.dtype).to(x_T.device).reshape(h.shape)
-                guess = xbar.unsqueeze(0) + (0.5 * h) * (eps.unsqueeze(0) + (guess - x0_i) / s_i)
+            # Heun's trapezoid, except where it takes an Euler step (sigma_solvers.heun_loop)
+            near = int((sig[:j] * HEUN_MAX_RATIO >= sig[j]).to(torch.int64).argmax())
+            if form == "trapezoid" and bool(sig[near] * HEUN_MAX_RATIO >= sig[j]):
+                n_i = j - near
+                g, hh = guess[near:], h[near:]
+                t = torch.tensor(steps[near:j], device=x_T.device).repeat_interleave(m)
+                x0_i = x0_at((a[near:] * g).reshape(n_i * m, *x_T.shape[1:]), t).reshape(g.shape)
+                s_i = sig[near:j].to(x_T.dtype).to(x_T.device).reshape(hh.shape)
+                g = xbar.unsqueeze(0) + (0.5 * hh) * (eps.unsqueeze(0) + (g - x0_i) / s_i)
+                guess = torch.cat([guess[:near], g])
             err = (a * guess - torch.stack(ref[:j])).double().pow(2)
             local[j, :j] = err.reshape(j, -1).sum(1).cpu() / d
         if progress is not None:
