@@ -22,7 +22,7 @@ import torch
 from conftest import gaussian_oracle
 from iddpm.diffusion import registry, schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, VarType
-from iddpm.diffusion.respace import parse_steps, respace
+from iddpm.diffusion.respace import karras_steps, logsnr_steps, parse_steps, respace
 from iddpm.diffusion.samplers import Denoiser, run_to_end
 from iddpm.diffusion.sigma_solvers import _AB_WEIGHTS, heun_calls, variable_weights
 from iddpm.diffusion.unipc import corrector, predictor
@@ -39,7 +39,18 @@ def base(T: int) -> GaussianDiffusion:
 
 
 def process(spec: str, T: int = FINE) -> GaussianDiffusion:
+    """The process of a step spec; "wide-logsnrK" and "wide-karrasK" are those spacings over
+    the range the order tests need (log-SNR down to −9 from step 0, σ in [σ of step 0, 80])
+    rather than the package's few-step defaults."""
     b = base(T)
+    if spec.startswith("wide-"):
+        kind, k = spec[5:11], int(spec[11:])
+        steps = (
+            logsnr_steps(k, b.alphas_cumprod, floor=-9.0, ceiling=math.inf)
+            if kind == "logsnr"
+            else karras_steps(k, b.alphas_cumprod, sigma_min=0.0, sigma_max=80.0)
+        )
+        return respace(b, steps)[0]
     return respace(b, parse_steps(spec, T, alphas_cumprod=b.alphas_cumprod))[0]
 
 
@@ -75,20 +86,20 @@ def pairwise_orders(name: str, spacing: str, ks: tuple[int, ...], **options) -> 
     [(1, -2.3, -1.7), (2, -3.4, -2.6)],
 )
 def test_unipc_converges_at_its_order_plus_one(order: int, low: float, high: float) -> None:
-    slopes = pairwise_orders("unipc", "logsnr", (20, 40, 80), order=order)
+    slopes = pairwise_orders("unipc", "wide-logsnr", (20, 40, 80), order=order)
     assert all(low <= s <= high for s in slopes), slopes
 
 
 def test_unipc_order_3_is_fourth_order_before_the_float_floor() -> None:
     # Measured 1.75e-3, 1.08e-4 at 20, 40 log-SNR steps (−4.02); from ~80 steps the error
     # sits at ~4e-5 (the base grid's steps next to the data, module docstring).
-    (slope,) = pairwise_orders("unipc", "logsnr", (20, 40), order=3)
+    (slope,) = pairwise_orders("unipc", "wide-logsnr", (20, 40), order=3)
     assert -4.6 <= slope <= -3.5, slope
 
 
 def test_heun_is_second_order_per_step() -> None:
     # Measured −2.19, −2.09 (log-SNR) and −2.18, −2.09 (Karras) at 20→40→80 steps.
-    for spacing in ("logsnr", "karras"):
+    for spacing in ("wide-logsnr", "wide-karras"):
         slopes = pairwise_orders("heun", spacing, (20, 40, 80))
         assert all(-2.4 <= s <= -1.8 for s in slopes), (spacing, slopes)
 
@@ -97,9 +108,9 @@ def test_ipndm_orders_fixed_and_variable_weights() -> None:
     # iPNDM's equal-step weights on a grid uneven in σ are second order (measured −2.18,
     # −2.10); the variable-step weights reach order 4 (measured −2.98, −3.47: still
     # approaching −4 at 80 steps).
-    fixed = pairwise_orders("ipndm", "logsnr", (20, 40, 80))
+    fixed = pairwise_orders("ipndm", "wide-logsnr", (20, 40, 80))
     assert all(-2.4 <= s <= -1.8 for s in fixed), fixed
-    variable = pairwise_orders("ipndm", "logsnr", (20, 40, 80), variable=True)
+    variable = pairwise_orders("ipndm", "wide-logsnr", (20, 40, 80), variable=True)
     assert variable[-1] <= -3.2 and variable[0] <= -2.7, variable
 
 
@@ -107,7 +118,7 @@ def test_at_five_steps_ipndm_beats_dpmpp2m_on_the_oracle() -> None:
     # The few-step regime iPNDM is for (T = 1000, as sampled): measured worst errors at 5
     # log-SNR steps 8.1e-2 (ipndm), 2.3e-1 (dpmpp2m), 3.7e-1 (unipc, whose corrector pays
     # from 10 steps: 4.9e-2 against dpmpp2m's 4.0e-2 there, 9.2e-3 against 1.4e-2 at 20).
-    errs = {n: worst_error(n, "logsnr5", T=1000) for n in ("dpmpp2m", "ipndm")}
+    errs = {n: worst_error(n, "wide-logsnr5", T=1000) for n in ("dpmpp2m", "ipndm")}
     assert errs["ipndm"] < errs["dpmpp2m"] / 2, errs
 
 
@@ -191,8 +202,14 @@ def test_ipndm_variable_weights_are_adams_bashforth() -> None:
 def test_network_calls_are_counted_honestly(name: str) -> None:
     # The registry's `calls` is what the loop spends; Heun takes a step that shrinks σ more
     # than 100-fold as an Euler step, one call fewer (sigma_solvers docstring): the first
-    # step of a spacing from the cosine's top (σ = 2·10⁴), or karras2's one step 80 → 0.006.
-    for spec, fewer in (("karras1", 0), ("karras5", 0), ("karras10", 0), ("5", 1), ("karras2", 1)):
+    # step of a spacing from the cosine's top (σ = 2·10⁴), or a Karras step 80 → 0.006.
+    for spec, fewer in (
+        ("karras1", 0),
+        ("karras2", 0),
+        ("karras10", 0),
+        ("5", 1),
+        ("wide-karras2", 1),
+    ):
         d = process(spec, T=1000)
         oracle = gaussian_oracle(d, MU, 0.2)
         seen: list[int] = []

@@ -153,12 +153,12 @@ def test_logsnr_spec_keeps_the_steps_nearest_to_uniform_log_snr(K: int) -> None:
 
 
 def test_logsnr_spec_moves_colliding_targets_to_free_steps() -> None:
-    # K = 120 on the linear schedule: the first targets are closer than the first steps;
-    # a target whose nearest step is taken moves up to the next free step.
+    # K = 400 on the linear schedule (steps 57 … 674 in range): some targets are closer
+    # than the steps; a target whose nearest step is taken moves up to the next free step.
     d = make("linear", 1000)
-    kept = parse_steps("logsnr120", 1000, alphas_cumprod=d.alphas_cumprod)
-    nearest = [int((_logsnr(d) - t).abs().argmin()) for t in _targets(_logsnr(d), 120)]
-    assert len(set(nearest)) < 120 and len(kept) == 120
+    kept = parse_steps("logsnr400", 1000, alphas_cumprod=d.alphas_cumprod)
+    nearest = [int((_logsnr(d) - t).abs().argmin()) for t in _targets(_logsnr(d), 400)]
+    assert len(set(nearest)) < 400 and len(kept) == 400
     assert all(b > a for a, b in itertools.pairwise(kept))
     assert all(k >= n for k, n in zip(kept, nearest)) and kept[-1] == nearest[-1]
 

@@ -19,14 +19,28 @@ Step specs (`parse_steps`), with T the base process's number of steps:
   always reaches T−1 and its lowest step is ⌈T/K⌉−1 (99 for `"trailing10"` of T = 1000);
   the last transition then goes from there straight to the data (ᾱ = 1), as strided
   processes always do. `"trailingT"` keeps every step.
-- `"logsnrK"`: K steps uniform in log-SNR log(ᾱ/(1−ᾱ)) between its values at steps 0 and
-  T−1: target i is mapped to the step of nearest log-SNR; where targets would share a step
-  (the ends of most schedules are sparse in log-SNR) a step moves up to the next free one,
-  but never past the room the remaining targets need, so 0 and T−1 are always kept. The
-  cosine schedule's clipped last β (log-SNR −12.9 at step 998 of T = 1000, −19.8 at 999:
-  23% of its range in one step) sends over a quarter of the targets past step 997; they
-  take the highest steps left, one each (`"logsnr50"` keeps 978 … 999). Needs the
-  schedule's ᾱ (`parse_steps(..., alphas_cumprod=...)`; `spaced_model` passes it).
+- `"logsnrK"`: K steps uniform in log-SNR log(ᾱ/(1−ᾱ)) from LOGSNR_CEILING (3.2) down to
+  LOGSNR_FLOOR (−4.6), clipped to the schedule's own range: target i is mapped to the step
+  of nearest log-SNR; where targets would share a step a step moves up to the next free
+  one, but never past the room the remaining targets need below the top target's step (a
+  K that does not fit is a one-line error). Without the floor, the cosine schedule's
+  clipped last β (log-SNR −12.9 at step 998 of T = 1000, −19.8 at 999: 23% of its range
+  in one step) sent the top targets to 998 and 999: `logsnr5` kept 0, 161, 943, 998, 999
+  and every sampler scored digits-FID 165–320 at 5 calls (DPM-Solver clips the cosine
+  schedule's end for the same reason). Needs the schedule's ᾱ
+  (`parse_steps(..., alphas_cumprod=...)`; `spaced_model` passes it).
+- `"karrasK"`: Karras et al.'s (EDM) ρ = 7 spacing in σ = √((1 − ᾱ)/ᾱ),
+  σ_i = (σ_max^{1/ρ} + i/(K−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ with [σ_min, σ_max] =
+  [KARRAS_SIGMA_MIN, KARRAS_SIGMA_MAX] = [0.2, 10] clipped to the schedule's range, each
+  target the step of nearest log σ (collisions as for `logsnrK`). Over the full σ range
+  (2·10⁴ on the cosine schedule) the spacing wastes its steps at noise, as diffusers'
+  Karras sigmas do (FID ≈ 340 there). The range [0.2, 10] (the same as `logsnrK`'s) was
+  measured on the digits model (cosine, T = 1000), digits-FID of 1000 samples at 5 calls
+  (iPNDM; UniPC): σ ∈ [0.2, 10] 4.0; σ_min 0.05 38 (8.2 for UniPC), 0.4 5.9; σ_max 80 with
+  σ_min 0.05/0.2/0.4: 11/13/49; at 10 calls (iPNDM) σ_min 0.05/0.1/0.2: 4.2/4.0/3.7
+  (benchmarks/results/fewstep_spacing_ranges.json). The last network call, at σ_min,
+  returns x̂0 there: stopping at σ = 0.2 (step 118) rather than 0.006 (step 0) is what
+  trailing spacing does too (its lowest step is ⌈T/K⌉ − 1).
 - `"at:0,5,17,999"`: exactly these steps (strictly increasing integers in [0, T)), e.g. a
   bound-optimal schedule; `format_steps(kept)` writes a list in this syntax, and
   `parse_steps(format_steps(kept), T) == kept`.
@@ -50,11 +64,13 @@ _FORMATS = (
     "'logsnr50', 'karras50', or a list of steps like 'at:0,10,999'"
 )
 EXPLICIT_PREFIX = "at:"
-LOGSNR_FLOOR = -9.0  # where `logsnrK` stops (cosine T = 1000: step 991); see the docstring
-KARRAS_SIGMA_MAX = 80.0  # the top σ of `karrasK` (cosine T = 1000: step 991)
+# The σ = √((1 − ᾱ)/ᾱ) range of `karrasK` and `logsnrK` (log-SNR = −2 log σ), chosen by
+# measurement (module docstring): [0.2, 10] in σ, i.e. log-SNR [−4.6, 3.2].
+KARRAS_SIGMA_MIN = 0.2
+KARRAS_SIGMA_MAX = 10.0
 KARRAS_RHO = 7.0
-LOGSNR_CEILING = math.inf  # where `logsnrK` starts (inf: at step 0)
-KARRAS_SIGMA_MIN = 0.0  # the bottom σ of `karrasK` (0: that of step 0)
+LOGSNR_FLOOR = -2.0 * math.log(KARRAS_SIGMA_MAX)
+LOGSNR_CEILING = -2.0 * math.log(KARRAS_SIGMA_MIN)
 
 
 def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
@@ -286,10 +302,11 @@ def parse_steps(
     """Kept steps of a base process with `num_timesteps` steps, sorted, as a list of int.
 
     spec: see the module docstring ("", "250", "10,15,20", "ddim50", "trailing50",
-    "logsnr50", "at:0,10,999"); alphas_cumprod: the base schedule's ᾱ [T] (float64), needed
-    by "logsnrK" only. Raises one-line ValueErrors for non-integer, zero or negative counts,
-    counts larger than their section, bad explicit lists, a missing ᾱ and unknown formats
-    (P14, P15).
+    "logsnr50", "karras50", "at:0,10,999"); alphas_cumprod: the base schedule's ᾱ [T]
+    (float64), needed by "logsnrK" and "karrasK" only. Raises one-line ValueErrors for
+    non-integer, zero or negative counts, counts larger than their section (or than the
+    capped range of "logsnrK"/"karrasK"), bad explicit lists, a missing ᾱ and unknown
+    formats (P14, P15).
     """
     if not isinstance(num_timesteps, int) or num_timesteps < 1:
         raise ValueError(
