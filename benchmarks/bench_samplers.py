@@ -88,7 +88,7 @@ def spec_for(spacing: str, k: int, abar: torch.Tensor, T: int) -> str:
     (a fixed list: used as is)."""
     kind, _, arg = spacing.partition("@")
     if kind.startswith("at:"):
-        return kind
+        return kind.replace("+", ",")  # 'at:0+5+9' on the command line (commas split spacings)
     if not arg:
         return str(k) if kind == "even" else f"{kind}{k}"
     lo, _, hi = arg.partition(":")  # logsnr@FLOOR:CEILING, karras@SIGMA_MIN:SIGMA_MAX
@@ -177,7 +177,7 @@ def main() -> None:
     p.add_argument("--nfe", default=",".join(map(str, NFE)), help="network-call budgets")
     p.add_argument("--spacings", default="even",
                    help="comma list: even, trailing, logsnr, karras, logsnr@FLOOR:CEILING, "
-                   "karras@SIGMA_MIN:SIGMA_MAX, at:…")  # fmt: skip
+                   "karras@SIGMA_MIN:SIGMA_MAX, at:S0+S1+…")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--no-bounds", action="store_true", help="skip the bound measurements")
     p.add_argument("--nll-images", type=int, default=0, help="test images for bounds (0: all)")
