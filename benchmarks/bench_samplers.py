@@ -126,6 +126,32 @@ def leaderboard(loaded, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+THROUGHPUT = (("ancestral", "50"), ("ipndm", "karras10"), ("heun", "karras5"),
+              ("dpmpp2m-sde", "trailing10"), ("unipc", "karras10"))  # fmt: skip
+
+
+def throughput(loaded, args: argparse.Namespace, batch: int = 256, reps: int = 3) -> list[dict]:
+    """Images/s of one batch of `batch` samples for each (sampler, spec) of THROUGHPUT,
+    interleaved over `reps` rounds (medians; the first round also warms up)."""
+    plans = {
+        (name, spec): SamplingPlan(loaded, SampleConfig(num=batch, steps=spec, sampler=name,
+                                                         batch_size=batch), JobContext(args.device))
+        for name, spec in THROUGHPUT
+    }  # fmt: skip
+    for plan in plans.values():
+        plan.draw(range(8))  # warm-up, statistics
+    times: dict = {key: [] for key in plans}
+    for _ in range(reps):
+        for key, plan in plans.items():
+            start = time.perf_counter()
+            plan.draw(range(batch))
+            times[key].append(time.perf_counter() - start)
+    return [{"sampler": name, "spec": spec, "nfe": plans[(name, spec)].calls,
+             "images_per_s": round(batch / statistics.median(times[(name, spec)]), 1),
+             "seconds": [round(t, 2) for t in times[(name, spec)]]}
+            for name, spec in plans]  # fmt: skip
+
+
 def _summary(runs: list[dict]) -> dict:
     """Mean over seeds of each score, and the FID of every seed."""
     out = {}
@@ -180,6 +206,8 @@ def main() -> None:
                    "karras@SIGMA_MIN:SIGMA_MAX, at:S0+S1+…")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--no-bounds", action="store_true", help="skip the bound measurements")
+    p.add_argument("--throughput", action="store_true", help="also time one batch of 256")
+    p.add_argument("--throughput-only", action="store_true", help="only time, no FID")
     p.add_argument("--nll-images", type=int, default=0, help="test images for bounds (0: all)")
     p.add_argument("--steps-images", type=int, default=256)
     p.add_argument("--decoder-steps", type=int, default=8)
@@ -196,7 +224,8 @@ def main() -> None:
         loaded = load_model(args.run, device=args.device)
         header = result_header("bench_samplers", args.device)
         t0 = time.perf_counter()
-        rows = leaderboard(loaded, args)
+        rows = [] if args.throughput_only else leaderboard(loaded, args)
+        speed = throughput(loaded, args) if args.throughput or args.throughput_only else []
         b = {} if args.no_bounds else bounds(loaded, args)
     result = {
         **header,
@@ -206,6 +235,7 @@ def main() -> None:
         "load": os.getloadavg(),
         "stats_images": StatsConfig().num_images,
         "leaderboard": rows,
+        "throughput_batch_256": speed,
         "bounds_bpd": b,
         "targets": targets(rows, b),
         "seconds": round(time.perf_counter() - t0, 1),
