@@ -26,6 +26,9 @@ and nowhere else (nobody outside this module compares a sampler's name):
     statistics   the statistics it needs, names of `STATISTICS`
     ode          True for a deterministic sampler (a probability-flow ODE solver)
     calls        network calls for K steps (default K)
+    spacing      the step spacing measured best for it at 5–20 calls ("karras", "trailing",
+                 …; "" = even, where not measured), which `sweep --spacing best` and the
+                 demo's leaderboard use (digits4k, benchmarks/results/fewstep_digits4k.json)
 """
 
 from __future__ import annotations
@@ -151,6 +154,14 @@ class SamplerEntry:
     statistics: tuple[str, ...] = ()
     ode: bool = False
     calls: Callable[[int], int] = _one_call_per_step
+    spacing: str = ""
+
+    def steps_for_calls(self, nfe: int) -> int:
+        """The most steps K whose network calls fit in `nfe` (at least 1)."""
+        k = max(int(nfe), 1)
+        while k > 1 and self.calls(k) > nfe:
+            k -= 1
+        return k
 
     def option_fields(self, cli_only: bool = False) -> tuple[dataclasses.Field, ...]:
         fields = dataclasses.fields(self.options)
@@ -187,6 +198,7 @@ def register(
     statistics: tuple[str, ...] = (),
     ode: bool = False,
     calls: Callable[[int], int] = _one_call_per_step,
+    spacing: str = "",
 ) -> None:
     """Add a sampler under `name` (lower-case, no spaces); a name is registered once.
     The keywords are what the package knows about it (module docstring); `label`
@@ -207,7 +219,16 @@ def register(
             f"must be exactly its statistics ({sorted(statistics)})"
         )
     _REGISTRY[name] = SamplerEntry(
-        name, steps, options, summary, label or name, bound_sigma, tuple(statistics), ode, calls
+        name,
+        steps,
+        options,
+        summary,
+        label or name,
+        bound_sigma,
+        tuple(statistics),
+        ode,
+        calls,
+        spacing,
     )
 
 
@@ -366,6 +387,7 @@ register(
     DPMOptions,
     "DPM-Solver++(2M) of Lu et al. 2022: deterministic, second order, one call per step",
     ode=True,
+    spacing="karras",
 )
 register(
     "dpmpp3m",
@@ -379,6 +401,7 @@ register(
     dpmpp_2m_sde_loop,
     SDEOptions,
     "SDE-DPM-Solver++(2M) of Lu et al. 2022: stochastic, second order, one call per step",
+    spacing="trailing",
 )
 register(
     "analytic",
@@ -393,30 +416,30 @@ register(
     unipc.unipc_loop,
     unipc.UniPCOptions,
     "UniPC of Zhao et al. 2023 (bh2): multistep predictor + corrector, one call per step",
-    label="UniPC",
     ode=True,
+    spacing="trailing",
 )
 register(
     "ipndm",
     sigma_solvers.ipndm_loop,
     sigma_solvers.IPNDMOptions,
     "iPNDM (Zhang & Chen 2023): 4th-order Adams-Bashforth in sigma, one call per step",
-    label="iPNDM",
     ode=True,
+    spacing="karras",
 )
 register(
     "heun",
     sigma_solvers.heun_loop,
     NoOptions,
     "EDM's Heun (Karras et al. 2022): 2nd order, 2 calls per step (K steps: 2K-1 calls)",
-    label="Heun (EDM)",
     ode=True,
     calls=sigma_solvers.heun_calls,
+    spacing="karras",
 )
 register(
     "euler-ancestral",
     sigma_solvers.euler_ancestral_loop,
     sigma_solvers.EulerAncestralOptions,
     "k-diffusion's Euler ancestral: Euler step in sigma plus fresh noise, one call per step",
-    label="Euler ancestral",
+    spacing="trailing",
 )

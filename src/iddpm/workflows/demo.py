@@ -34,7 +34,8 @@ from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
-LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
+LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic", "unipc",
+                        "ipndm", "heun")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def run_demo(
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
     board = _leaderboard(job, device, progress)
     headline["leaderboard_fid"] = {
-        f"{r['sampler']}_{r['steps']}": r["fid"] for r in board.get("rows", [])
+        f"{r['sampler']}_{r.get('nfe', r['steps'])}": r["fid"] for r in board.get("rows", [])
     }
     headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline, board))
     headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -168,6 +169,8 @@ def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -
         job.run_dir,
         samplers=job.leaderboard_samplers,
         steps=tuple(str(k) for k in job.leaderboard_nfe),
+        spacing="best",  # each sampler on its own measured best spacing (registry)
+        nfe=True,  # counts are network calls (Heun: 2K - 1)
         num=job.num_samples,
         seed=job.seed,
         stats=job.stats,
