@@ -235,8 +235,9 @@ def _multistep(
 ) -> Iterator[SamplerStep]:
     """The multistep loop of the solvers from x_T = x: one network call per index, the
     x̂0 history (newest first, at most `order`), the step order (`_step_order`, and with
-    `lower_order_final` at most t for the step from index t: the last steps, into the
-    coarsest λ-intervals, fall back to low order as in UniPC), the optional corrector
+    `lower_order_final` at most t + 1 for the step from index t, counting the last call's
+    step to the data as a step: the last steps fall back to low order as diffusers' UniPC
+    does), the optional corrector
     (`Corrector`: after each call but the first and the last it replaces the state just
     predicted, using
     the new x̂0 at no extra call; the next update starts from the corrected state) and
@@ -258,7 +259,7 @@ def _multistep(
             return
         k = _step_order(lam, t, min(len(preds), order), max_step_ratio)
         if lower_order_final:
-            k = min(k, t)
+            k = min(k, t + 1)
         lambdas = [lam[t + j] for j in range(k)] + [lam[t - 1]]
         x_prev, x = x, update(x, preds[:k], lambdas, abar[t], abar[t - 1])
         yield SamplerStep(t, x, out.pred_x0)

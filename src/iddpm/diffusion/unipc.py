@@ -18,8 +18,10 @@ with R_k[j, i] = r_i^j (r_k = 1 for the new point) and g_k[j] = j!·φ_{j+2}(hh)
 φ_{j+1}(hh) = (φ_j(hh) − 1/j!)/hh of the exponential integrator (φ₁(hh) = (e^{hh} − 1)/hh).
 The next predictor starts from the corrected x_t and reuses m_t (evaluated at x̃_t), as the
 paper's Algorithm does. The first step has order 1; with `lower_order_final` the step
-from index t has order at most t (the last steps, the longest in λ, fall back to low order,
-as diffusers' default does). The last network call, at index 0, returns its x̂0 (the step
+from index t has order at most t + 1 (the last steps fall back to low order, as diffusers'
+default does; measured digits-FID at 10 trailing steps with the stricter "at most t":
+3.73 against diffusers' 3.32 on the same weights). The last network call, at index 0,
+returns its x̂0 (the step
 to the data, `dpm_solver`'s rule): the corrector of that call moves a state nothing reads,
 so it is skipped, and K steps cost K network calls.
 
