@@ -13,6 +13,7 @@ import click
 
 from iddpm.config import (
     INIT_WEIGHTS,
+    LOGGERS,
     LOSSES,
     MEAN_TYPES,
     PRECISIONS,
@@ -37,6 +38,7 @@ CHOICES = {
     "timestep_sampler": TIMESTEP_SAMPLERS,
     "precision": PRECISIONS,
     "init_weights": INIT_WEIGHTS,
+    "log": LOGGERS,
 }
 HELP = {
     "num_timesteps": "diffusion steps T (the paper: 1000 or 4000)",
@@ -88,6 +90,19 @@ HELP = {
     "init_from": "fine-tune: start from the weights of this run directory or checkpoint "
     "(also a converted reference checkpoint); fresh optimizer",
     "init_weights": "which weights --init-from takes: the slowest EMA, or the raw weights",
+    "eval_every": "steps between evaluations of the held-out and training bits/dim "
+    "(Monte-Carlo, EMA weights, the same noise each time; 0: off)",
+    "eval_images": "images of the held-out set, and of the training subset, per evaluation",
+    "eval_timesteps": "log-stratified timesteps per image of the Monte-Carlo bound",
+    "eval_data": "held-out data SPEC (default: the test split of --data)",
+    "fid_every": "steps between FIDs of samples during training (0: off)",
+    "fid_samples": "samples per FID during training",
+    "fid_sampler": "sampler of the FID samples during training (any registered sampler)",
+    "fid_steps": "step spec of the FID samples during training, e.g. 25 or ddim50",
+    "overfit_patience": "evaluations in a row with a rising held-out bound (training bound "
+    "falling) before the overfitting warning",
+    "keep_best": "keep the checkpoint with the best held-out bound as checkpoints/best.pt",
+    "log": "also log to TensorBoard (RUN/tensorboard; pip install 'iddpm[tensorboard]')",
 }
 SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,

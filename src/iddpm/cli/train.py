@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 from iddpm.cli._command import job_command
 from iddpm.cli.options import apply_overrides, changed_fields, experiment_options
 from iddpm.presets import PRESETS
+from iddpm.workflows.monitor import OverfittingWarning, drop_unsupported_defaults
 from iddpm.workflows.train import DEFAULT_PRESET, TrainJob, base_config
 from iddpm.workflows.train import train as train_job
 
@@ -75,7 +77,20 @@ def train(
             "its own checkpoint: drop --init-from, or train a new --run-dir"
         )
     cfg = apply_overrides(base_config(preset, config_file, run_dir, resume), values)
+    if not resume:  # a preset's evaluation that this data cannot have is dropped, not refused
+        cfg = drop_unsupported_defaults(cfg, set(changed_fields(values)))
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return {"config": cfg.to_dict(), "overrides": changed_fields(values)}
-    return train_job(TrainJob(cfg, run_dir, resume, max_minutes), device, progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", OverfittingWarning)
+        shown = warnings.showwarning
+
+        def one_line(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, OverfittingWarning):  # one line, as every CLI message
+                click.echo(f"iddpm: warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = one_line
+        return train_job(TrainJob(cfg, run_dir, resume, max_minutes), device, progress)

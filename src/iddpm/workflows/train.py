@@ -44,7 +44,8 @@ from iddpm.presets import get_preset
 from iddpm.train.rules import split_batch
 from iddpm.train.trainer import Trainer
 from iddpm.workflows.data import data_for_model
-from iddpm.workflows.plots import save_image_grid
+from iddpm.workflows.monitor import build_evaluator, check_monitoring, make_loggers
+from iddpm.workflows.plots import image_grid, save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import (
     cache_folder,
@@ -148,6 +149,8 @@ def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int =
         samples = sample_images(model, cfg, scfg, device)
         if distributed.is_main():
             save_image_grid(run / "samples" / f"grid_{trainer.step_count:08d}.png", samples.images)
+            for logger in trainer.loggers:
+                logger.image("samples", image_grid(samples.images), trainer.step_count)
 
     return hook
 
@@ -183,6 +186,7 @@ def build_trainer(
         run_dir=run,
         hooks=[grid_hook(cfg, run, device)],
         device=device,
+        evaluator=build_evaluator(cfg, run, device),
         **kwargs,
     )
     return trainer, len(ds)
@@ -197,6 +201,7 @@ def _check_job(job: TrainJob) -> None:
             raise ValueError("--steps 0 trains nothing; give the number of steps to train")
         check_new_run(run)
     check_run_writable(run)
+    check_monitoring(job.config)
 
 
 def _cut_metrics(run: Path, step: int) -> None:
@@ -244,6 +249,7 @@ def train(
         use_inductor_cache(cache_folder(run, "inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
+        trainer.loggers = tuple(make_loggers(cfg, run, trainer.step_count if job.resume else None))
     total = cfg.train.steps
     bar_total = max_seconds if max_seconds else total
     unit = "s" if max_seconds else "step"
@@ -259,6 +265,9 @@ def train(
             if distributed.is_main():
                 _cut_metrics(run, _last_saved_step(run))
             raise
+        finally:
+            for logger in trainer.loggers:
+                logger.close()
     summary = {**summary, "run_dir": str(run), "num_train_images": num_images}
     if distributed.is_main():
         write_json(run / RESULT_FILE, summary)
