@@ -206,3 +206,19 @@ def test_keep_best_keeps_the_checkpoint_of_the_best_held_out_bound(tmp_path: Pat
 def test_keep_best_needs_the_evaluation() -> None:
     with pytest.raises(ValueError, match="--eval-every"):
         TrainConfig(keep_best=True, eval_every=0)
+
+
+@pytest.mark.slow  # 140 steps and 7 evaluations: ~4 s on a busy 2-core machine
+def test_overfitting_warning_fires_on_a_deliberately_overfitted_run() -> None:
+    # two training images, a network with a per-pixel bias, no dropout: it memorises them
+    data = images(2, seed=0)
+    cfg = make_cfg(eval_every=20, overfit_patience=3, lr=3e-3)
+    trainer = make_trainer(cfg, None, data)
+    trainer.evaluator.sets["train"] = EvalSet(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run(140)
+    fired = [w for w in caught if issubclass(w.category, OverfittingWarning)]
+    assert len(fired) == 1 and "step 120" in str(fired[0].message)
+    held = [h[1] for h in trainer.evaluator.history]
+    assert held[-1] > min(held)
