@@ -154,3 +154,15 @@ def test_bad_monitoring_flags(
     result = invoke(["train", *TINY_TRAIN, *flags, "--run-dir", "r"])
     check_failure(result, 2, hint)
     check_unchanged(before, tree_state(tmp_path))
+
+
+@pytest.mark.slow  # the exact bound of 8 images through the command line
+def test_last_evaluation_agrees_with_iddpm_nll_on_the_same_checkpoint(run: Path) -> None:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "eval_heldout_bpd" in r][-1]
+    assert last["step"] == 4  # the run's last checkpoint: the same weights
+    result = invoke(["nll", run, "--split", "test", "--num-images", "8", "--timestep-batch", "20"])
+    assert result.exit_code == 0, result.stderr
+    exact = json.loads(result.stdout.strip().splitlines()[-1])
+    # the same 8 held-out images: only the Monte-Carlo noise separates the two
+    assert abs(last["eval_heldout_bpd"] - exact["bpd"]) < 3 * last["eval_heldout_mc_se"]
