@@ -28,7 +28,7 @@ from iddpm.build import load_model
 from iddpm.checkpoint import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
 from iddpm.config import ExperimentConfig
 from iddpm.workflows import run_plots
-from iddpm.workflows.plots import plot_training_curves
+from iddpm.workflows.plots import plot_bound_terms, plot_training_curves
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.report import write_report
 from iddpm.workflows.runs import check_writable_dir, has_checkpoints
@@ -88,6 +88,22 @@ def _grids(run: Path) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _GRID.match(p.name)))
+
+
+def _exact_terms(run: Path) -> tuple[Path, list[float], float] | None:
+    """The per-term CSV `iddpm nll RUN --split test` wrote for the full process, if any:
+    (file, terms [T] in bits/dim, prior)."""
+    for path in sorted((run / "eval").glob("nll_test*_terms.csv")):
+        if "_mc" in path.name:
+            continue
+        lines = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
+        try:
+            terms = [float(r[2]) for r in lines if r[1] != "prior"]
+            prior = next(float(r[2]) for r in lines if r[1] == "prior")
+        except (IndexError, ValueError, StopIteration):
+            continue
+        return path, terms, prior
+    return None
 
 
 def _last(rows: list[dict], key: str) -> dict | None:
@@ -170,6 +186,16 @@ def _figure_steps(
             "and last evaluation (`iddpm nll RUN` gives every term exactly).",
         ),
     ]
+    exact = _exact_terms(run)
+    if exact is not None:
+        steps.append(
+            (
+                "Every term of the bound",
+                lambda p: plot_bound_terms(p, exact[1], exact[2]),
+                f"Each term of the exact bound on the test split and its cumulative share "
+                f"(from {exact[0].name}, written by `iddpm nll`).",
+            )
+        )
     if audit:
         steps.append(
             (
