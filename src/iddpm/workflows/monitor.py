@@ -17,7 +17,9 @@ from iddpm.diffusion import registry
 from iddpm.train.evaluate import EvalSet, OverfittingWarning, PeriodicEvaluator
 from iddpm.train.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from iddpm.train.tensorboard import TensorBoardLogger, check_available
+from iddpm.workflows.context import JobContext
 from iddpm.workflows.data import data_for_model
+from iddpm.workflows.plan import SamplingPlan
 
 __all__ = [
     "OverfittingWarning",
@@ -83,7 +85,7 @@ def check_monitoring(cfg: ExperimentConfig) -> None:
                 f"--fid-sampler {tc.fid_sampler!r} is not a registered sampler; choose one of: "
                 f"{', '.join(registry.names())}"
             )
-        if registry.get(tc.fid_sampler).from_data is not None:
+        if registry.get(tc.fid_sampler).statistics:
             raise ValueError(
                 f"--fid-sampler {tc.fid_sampler} estimates statistics from a saved checkpoint, "
                 "which training does not have at every FID; pick another sampler (ancestral, "
@@ -121,7 +123,8 @@ def _score_fn(cfg: ExperimentConfig, run: Path, device: torch.device):
         model = cache["model"]
         model.load_state_dict(weights)
         loaded = LoadedModel(cfg, model, run / "checkpoints" / f"step_{step:08d}.pt")
-        row = sample_and_score(loaded, scfg, cache["extractor"], cache["ref"], device)
+        plan = SamplingPlan(loaded, scfg, JobContext(device, use_cache=False))
+        row = sample_and_score(plan, cache["extractor"], cache["ref"])
         out = {"fid": row["fid"], "fid_samples": row["num_samples"]}
         for key in ("precision", "recall", "confident_fraction"):
             if row.get(key) is not None:

@@ -15,9 +15,10 @@ import torch
 from iddpm._tensor import to_model_range
 from iddpm.build import LoadedModel, spaced
 from iddpm.diffusion.samplers import per_sample_generators
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.statistics import StatsConfig, reverse_variance
+from iddpm.workflows.statistics import reverse_variance
 
 AUDIT_STEPS = 50
 
@@ -62,7 +63,8 @@ def sigma_audit(
     cfg = loaded.config
     steps = audit_steps(cfg.diffusion.num_timesteps)
     diffusion, model_fn = spaced(loaded.model, cfg.diffusion, steps)
-    analytic = reverse_variance(loaded, steps, "analytic", device, stats, progress)
+    ctx = JobContext(device, progress, stats=stats)
+    analytic = reverse_variance(loaded, steps, "analytic", ctx)
     ds = data_for_model(cfg, stats.data or None, "train", stats.num_images)
     x0 = to_model_range(ds.images).to(device)
     with progress("learned Σ", None, "task"):
