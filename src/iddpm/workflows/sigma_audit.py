@@ -31,10 +31,16 @@ def audit_steps(num_timesteps: int) -> str:
 
 @torch.no_grad()
 def learned_variance(
-    loaded: LoadedModel, steps: str, images: torch.Tensor, seed: int, batch: int = 256
+    loaded: LoadedModel,
+    steps: str,
+    images: torch.Tensor,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    batch: int = 256,
 ) -> np.ndarray:
     """[K, M] mean-over-pixels reverse variance of the model at each step of the process
-    `steps` for each of the M images (x_t drawn from q with per-image seeds)."""
+    `steps` for each of the M images (x_t drawn from q with per-image seeds; `labels` for
+    a class-conditional model)."""
     diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, steps)
     k, m = diffusion.num_timesteps, images.shape[0]
     out = np.zeros((k, m))
@@ -46,7 +52,8 @@ def learned_variance(
             x0, eps = images[lo : lo + batch], noise[lo : lo + batch]
             t = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
             x_t = diffusion.q_sample(x0, t, eps)
-            pred = diffusion.p_mean_variance(model_fn(x_t, t), x_t, t)
+            kwargs = {} if labels is None else {"y": labels[lo : lo + batch]}
+            pred = diffusion.p_mean_variance(model_fn(x_t, t, **kwargs), x_t, t)
             var = pred.variance.expand_as(x_t).flatten(1).mean(1)
             out[step, lo : lo + x0.shape[0]] = var.double().cpu().numpy()
     return out
@@ -67,8 +74,9 @@ def sigma_audit(
     analytic = reverse_variance(loaded, steps, "analytic", ctx)
     ds = data_for_model(cfg, stats.data or None, "train", stats.num_images)
     x0 = to_model_range(ds.images).to(device)
+    labels = None if ds.labels is None else torch.as_tensor(ds.labels, device=device)
     with progress("learned Σ", None, "task"):
-        learned = learned_variance(loaded, steps, x0, stats.seed)
+        learned = learned_variance(loaded, steps, x0, stats.seed, labels)
     t = model_fn.original_steps(torch.arange(diffusion.num_timesteps))
     mean = learned.mean(1)
     ratio = np.log(mean / analytic.double().cpu().numpy())
