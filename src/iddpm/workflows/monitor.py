@@ -58,18 +58,29 @@ def _fid_features(cfg: ExperimentConfig) -> str:
 def drop_unsupported_defaults(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
     """The config with the monitoring a preset turned on, but this data or process cannot
     have, turned off: the held-out curves when the data has no test split (and no
-    --eval-data), FID when --fid-steps does not fit the process. Fields in `explicit`
+    --eval-data), FID when --fid-steps does not fit the process or its features (Inception,
+    an optional extra) are not installed. Fields in `explicit`
     (given on the command line) are left alone, so `check_monitoring` refuses them."""
     tc, changes = cfg.train, {}
     preset_eval = "eval_every" not in explicit and tc.eval_every and not tc.eval_data
     if preset_eval and not has_held_out_split(tc.data) and not tc.keep_best:
         changes["eval_every"] = 0
-    if "fid_every" not in explicit and tc.fid_every:
-        try:
-            kept_steps(cfg.diffusion, tc.fid_steps)
-        except ValueError:
-            changes["fid_every"] = 0
+    if "fid_every" not in explicit and tc.fid_every and not _fid_possible(cfg):
+        changes["fid_every"] = 0
     return cfg.replace(train=tc.replace(**changes)) if changes else cfg
+
+
+def _fid_possible(cfg: ExperimentConfig) -> bool:
+    """The FID step spec fits the process and the features FID needs are installed."""
+    try:
+        kept_steps(cfg.diffusion, cfg.train.fid_steps)
+        if _fid_features(cfg) == "inception":
+            from iddpm.eval.features import _import_torch_fidelity
+
+            _import_torch_fidelity()
+    except (ValueError, ImportError):
+        return False
+    return True
 
 
 def check_monitoring(cfg: ExperimentConfig) -> None:
