@@ -11,8 +11,6 @@ from --out. The last line of stdout is one JSON object.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -74,7 +72,7 @@ def _run_width(width: int, budget: float, out: Path) -> dict:
 @click.option(
     "--budget-steps",
     type=int,
-    default=400,
+    default=200,
     show_default=True,
     help="the FLOP budget, in training steps of the width-32 model (the digits preset's)",
 )
@@ -84,8 +82,8 @@ def main(out: Path, widths: str, budget_steps: int, report: Path) -> None:
     ladder = [int(w) for w in widths.split(",") if w.strip()]
     budget = float(budget_steps * flops_per_step(width_config(32, 8)))
     results = [_run_width(w, budget, out) for w in ladder]
-    command = "python -m experiments.scaling " + shlex.join(sys.argv[1:])
-    summary = write_scaling_report(report, results, budget, budget_steps, command.strip())
+    command = f"python -m experiments.scaling --widths {widths} --budget-steps {budget_steps}"
+    summary = write_scaling_report(report, results, budget, budget_steps, command)
     write_json(out / "scaling.json", {"budget_flops": budget, "runs": results, **summary})
     click.echo(json.dumps({"report": str(report), **summary}))
 

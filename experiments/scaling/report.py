@@ -106,8 +106,9 @@ The compute-efficient frontier (circled: points that no point of less compute be
 fitted with a power law y = a·C^b by least squares on log-log axes; the interval is the
 95% t-interval of b. With this small budget the runs are far from converged and the
 frontier has few points, so the exponents are descriptive of this range of compute only.
-Training was on a shared 2-core CPU (other jobs running), so the wall times are noisy; the
-FLOP counts and the metrics are deterministic given the seed.
+Training took {sum(r["train_wall_s"] or 0 for r in results) / 60:.0f} minutes in all on a
+shared 2-core CPU (other jobs running, load 7–12), so the wall times are noisy; the FLOP
+counts and the metrics are deterministic given the seed.
 
 ## Runs
 
