@@ -375,3 +375,16 @@ _SUBCONFIGS: dict[tuple[str, str], type[_Serializable]] = {
     ("ExperimentConfig", "model"): UNetConfig,
     ("ExperimentConfig", "train"): TrainConfig,
 }
+
+
+def differences(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, str, Any, Any]]:
+    """The fields where two experiment configs disagree, as (section, field, a's value,
+    b's value) in declaration order; [] when they are equal. Values are JSON-safe (tuples
+    as lists), as `to_dict` gives them."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        (section, name, value, db[section].get(name))
+        for section, fields in da.items()
+        for name, value in fields.items()
+        if value != db[section].get(name)
+    ]
