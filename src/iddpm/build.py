@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from iddpm._io import load_tensors
-from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint
+from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint, slowest_ema
 from iddpm.config import INIT_WEIGHTS, DiffusionConfig, ExperimentConfig, UNetConfig
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
@@ -116,17 +116,16 @@ def _read_source(source: str | Path) -> tuple[Path, dict]:
     return path, state
 
 
-def _chosen_weights(state: dict, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+def _chosen_weights(state: dict, weights: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The raw state dict, with the slowest EMA's parameters laid over it for "ema"."""
     chosen = dict(state["model"])
-    emas = state.get("ema") or {}
     if weights == "raw":
         return chosen, "raw"
-    if not emas:  # e.g. a converted reference checkpoint: its one set is the model
+    ema = slowest_ema(state, path)
+    if ema is None:  # e.g. a converted reference checkpoint: its one set is the model
         return chosen, "raw (no EMA stored)"
-    slowest = max(emas, key=float)
-    chosen.update(emas[slowest])
-    return chosen, f"ema {slowest}"
+    chosen.update(ema[1])
+    return chosen, f"ema {ema[0]}"
 
 
 def _misfit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -161,7 +160,7 @@ def load_init_weights(model: nn.Module, source: str | Path, weights: str = "ema"
     if weights not in INIT_WEIGHTS:
         raise ValueError(f"unknown init weights {weights!r}; choose one of: ema, raw")
     path, state = _read_source(source)
-    chosen, which = _chosen_weights(state, weights)
+    chosen, which = _chosen_weights(state, weights, path)
     problems = _misfit(model, chosen)
     if problems:
         raise ValueError(

@@ -53,6 +53,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
         "read-only",
     ),
     "read-only fs: nll into the run": ("ro", ["nll", "run", "--num-images", "2"], "read-only"),
+    "read-only fs: prepare-data": ("ro", ["prepare-data", "digits", "prepared"], "read-only"),
 }
 
 
