@@ -1,5 +1,5 @@
 """Factories from config to objects: the one place where config strings become enums and
-concrete classes are wired together (DESIGN.md §2)."""
+concrete classes are wired together (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def spaced(
     """The (possibly strided) process for `steps` and the model_fn that runs it.
 
     steps: a step spec ("250", "ddim50", "10,15,20"; None or "" = all T steps). The model
-    sees the original step indices, rescaled as in training (PAPER.md P14).
+    sees the original step indices, rescaled as in training (docs/paper.md P14).
     """
     return spaced_model(model, build_diffusion(cfg), steps or None, cfg.rescale_timesteps)
 

@@ -1,4 +1,4 @@
-"""Run directories and checkpoints (DESIGN.md §5).
+"""Run directories and checkpoints (docs/design.md §5).
 
 Layout of a run directory:
 

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses with the paper's defaults (PAPER.md, "The network").
+"""Frozen configuration dataclasses with the paper's defaults (docs/paper.md, "The network").
 
 Strings for choices live here and at the CLI; `build.py` turns them into enums. Every
 dataclass validates itself in `__post_init__` with one-line `ValueError`s that name the
@@ -83,7 +83,7 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Serializable):
-    """The diffusion process and objective (PAPER.md P4–P13).
+    """The diffusion process and objective (docs/paper.md P4–P13).
 
     `rescale_timesteps`: the model sees t scaled to [0, 1000) whatever T is (the authors'
     training default), so a model trained with T = 4000 and one with T = 1000 see the
@@ -131,7 +131,7 @@ class DiffusionConfig(_Serializable):
 
 @dataclass(frozen=True)
 class UNetConfig(_Serializable):
-    """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
+    """The paper's UNet (docs/paper.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
     downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig

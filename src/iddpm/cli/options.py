@@ -27,7 +27,7 @@ from iddpm.config import (
 from iddpm.workflows.sample import sampler_cli_options, sampler_names
 from iddpm.workflows.statistics import StatsConfig
 
-# Flag names that differ from the field name (DESIGN.md §4).
+# Flag names that differ from the field name (docs/design.md §4).
 RENAMES = {"num_timesteps": "diffusion-steps", "var_type": "sigma"}
 CHOICES = {
     "schedule": SCHEDULES,
@@ -40,7 +40,7 @@ CHOICES = {
 }
 HELP = {
     "num_timesteps": "diffusion steps T (the paper: 1000 or 4000)",
-    "schedule": "noise schedule (PAPER.md P4/P5)",
+    "schedule": "noise schedule (docs/paper.md P4/P5)",
     "mean_type": "what the network predicts",
     "var_type": "reverse-process variance: learned range (the paper), or fixed beta-tilde/beta",
     "loss": "objective: hybrid = L_simple + 0.001 L_vlb (the paper), simple, or vlb",

@@ -1,7 +1,7 @@
-"""The training job: data → trainer → checkpoints (DESIGN.md §2: data yields batches, train
+"""The training job: data → trainer → checkpoints (docs/design.md §2: data yields batches, train
 consumes them; this is the one module that wires the two together).
 
-Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state
+Order of work, so that a failure writes nothing (docs/design.md §4): the run directory's state
 and permissions, the data, the model and trainer, the checkpoint to resume from are all
 checked first; only then does the run write: the metrics log cut back to the checkpoint's
 step (a fresh start drops the lines of a run killed before its first save), checkpoints
