@@ -9,7 +9,7 @@ import click
 
 from iddpm.cli._command import job_command
 from iddpm.cli.options import compile_option, pop_stats_config, stats_options
-from iddpm.config import EVAL_SIGMAS, MC_METHODS, EvalConfig
+from iddpm.config import EVAL_SIGMAS, MC_METHODS, SPLITS, EvalConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES, FidJob, fid_of_files
 
@@ -19,7 +19,7 @@ POSITIVE = click.IntRange(min=1)
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", default="", help="data SPEC (default: the data the model trained on)")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option(
     "--num-images",
     type=click.IntRange(min=0),
@@ -84,9 +84,7 @@ def nll(
 @click.command()
 @click.argument("samples", type=click.Path(path_type=Path))
 @click.option("--ref", required=True, help="reference: data SPEC (e.g. digits) or a stats .npz")
-@click.option(
-    "--ref-split", type=click.Choice(["train", "test"]), default="train", show_default=True
-)
+@click.option("--ref-split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option(
     "--features",
     type=click.Choice(FEATURES),
