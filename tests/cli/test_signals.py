@@ -44,9 +44,9 @@ class Child:
     stderr are collected as they come; every wait on it has a timeout, and leaving the
     `with` block kills it if it still runs."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "iddpm")):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "iddpm", *map(str, args)]
+        cmd = [sys.executable, *program, *map(str, args)]
         self.proc = subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -95,6 +95,21 @@ class Child:
             reader.join(timeout=10)
         result = type("R", (), {"stderr": self.err.decode()})
         return code, self.out.decode(), error_lines(result)
+
+
+def test_a_child_handles_ctrl_c_even_where_the_suite_ignores_it(tmp_path) -> None:
+    # as under `nohup make test` or a background job: SIGINT ignored in this process
+    script = "import signal, time; h = signal.getsignal(signal.SIGINT); "
+    script += "print(getattr(h, '__name__', h), flush=True); time.sleep(60)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Child([], tmp_path, program=("-c", script)) as child:
+            child.wait_for(lambda: child.out.endswith(b"\n"), timeout=60)
+            code, out, _ = child.stop(signal.SIGINT, timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert out.strip() == "default_int_handler"  # Python turns Ctrl-C into KeyboardInterrupt
+    assert code == -signal.SIGINT  # an uncaught KeyboardInterrupt ends Python by SIGINT
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
