@@ -267,20 +267,6 @@ def with_statistics(name: str, options: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(options, **updates)
 
 
-def labels() -> dict[str, str]:
-    """name -> how reports name each registered sampler."""
-    return {name: entry.label for name, entry in _REGISTRY.items()}
-
-
-def with_bound(sigma: str | None = None) -> tuple[str, ...]:
-    """The samplers whose K-step process has a bound (with reverse variance `sigma`, or any)."""
-    return tuple(
-        n
-        for n, e in _REGISTRY.items()
-        if e.bound_sigma is not None and sigma in (None, e.bound_sigma)
-    )
-
-
 def options_dict(options: Any) -> dict[str, Any]:
     """The options as plain keyword arguments of the sampler loop."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
