@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses with the paper's defaults (PAPER.md, "The network").
+"""Frozen configuration dataclasses with the paper's defaults (docs/paper.md, "The network").
 
 Strings for choices live here and at the CLI; `build.py` turns them into enums. Every
 dataclass validates itself in `__post_init__` with one-line `ValueError`s that name the
@@ -98,7 +98,7 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Serializable):
-    """The diffusion process and objective (PAPER.md P4–P13).
+    """The diffusion process and objective (docs/paper.md P4–P13).
 
     `rescale_timesteps`: the model sees t scaled to [0, 1000) whatever T is (the authors'
     training default), so a model trained with T = 4000 and one with T = 1000 see the
@@ -108,7 +108,7 @@ class DiffusionConfig(_Serializable):
     num_timesteps: int = option(
         4000, "diffusion steps T (the paper: 1000 or 4000)", flag="diffusion-steps"
     )
-    schedule: str = option("cosine", "noise schedule (PAPER.md P4/P5)", choices=SCHEDULES)
+    schedule: str = option("cosine", "noise schedule (docs/paper.md P4/P5)", choices=SCHEDULES)
     mean_type: str = option("epsilon", "what the network predicts", choices=MEAN_TYPES)
     var_type: str = option(
         "learned-range",
@@ -161,7 +161,7 @@ class DiffusionConfig(_Serializable):
 
 @dataclass(frozen=True)
 class UNetConfig(_Serializable):
-    """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
+    """The paper's UNet (docs/paper.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
     downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig
@@ -430,3 +430,16 @@ _SUBCONFIGS: dict[tuple[str, str], type[_Serializable]] = {
     ("ExperimentConfig", "model"): UNetConfig,
     ("ExperimentConfig", "train"): TrainConfig,
 }
+
+
+def differences(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, str, Any, Any]]:
+    """The fields where two experiment configs disagree, as (section, field, a's value,
+    b's value) in declaration order; [] when they are equal. Values are JSON-safe (tuples
+    as lists), as `to_dict` gives them."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        (section, name, value, db[section].get(name))
+        for section, fields in da.items()
+        for name, value in fields.items()
+        if value != db[section].get(name)
+    ]

@@ -55,6 +55,7 @@ CASES: dict[str, tuple[str, list[str], str | None]] = {
         "read-only",
     ),
     "read-only fs: nll into the run": ("ro", ["nll", "run", "--num-images", "2"], "read-only"),
+    "read-only fs: prepare-data": ("ro", ["prepare-data", "digits", "prepared"], "read-only"),
     # a read-only run is used without its cache (statistics, step costs)
     "read-only fs: bound-optimal steps written elsewhere": (
         "ro",

@@ -1,4 +1,4 @@
-"""The sampler registry: a name → one sampler loop and its typed options (DESIGN.md §2).
+"""The sampler registry: a name → one sampler loop and its typed options (docs/design.md §2).
 
 Configs and commands name a sampler; nobody branches on it. Every entry's loop has the one
 sampler signature of `samplers.py`:
