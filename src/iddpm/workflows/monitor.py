@@ -1,7 +1,7 @@
 """What a training run measures about itself, wired from its config: the periodic evaluator
 (held-out and training bits/dim; FID of samples from the registry's samplers) and the
 TensorBoard logger. Everything that can be wrong is checked by `check_monitoring` before
-the run writes anything (DESIGN.md §4)."""
+the run writes anything (docs/design.md §4)."""
 
 from __future__ import annotations
 
