@@ -1,4 +1,4 @@
-"""Samplers: one loop generator per family, all sharing one contract (PAPER.md P6–P8, P15).
+"""Samplers: one loop generator per family, all sharing one contract (docs/paper.md P6–P8, P15).
 
 The loop contract (`SamplerLoop`), in the spirit of EDM's samplers:
 
