@@ -350,6 +350,8 @@ class DPMOptions:
     )
 
     def __post_init__(self) -> None:
+        if self.max_step_ratio is None:  # inf as JSON writes it (null): no safeguard
+            object.__setattr__(self, "max_step_ratio", math.inf)
         if not float(self.max_step_ratio) > 0:
             raise ValueError(
                 f"--max-step-ratio {self.max_step_ratio} must be > 0 (inf: no safeguard)"
@@ -374,7 +376,7 @@ class SDEOptions:
             raise ValueError(
                 f"--eta {self.eta} is not a finite number >= 0; 0 is deterministic, 1 the SDE"
             )
-        DPMOptions(self.max_step_ratio)
+        object.__setattr__(self, "max_step_ratio", DPMOptions(self.max_step_ratio).max_step_ratio)
 
 
 def dpmpp_2m_sde_loop(
