@@ -25,8 +25,10 @@ def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
     for key in ("fid_5steps", "fid_40steps", "confident_fraction_5steps"):
         assert key in headline
     board = headline["leaderboard_fid"]  # every leaderboard sampler at every NFE
-    samplers = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
-    assert set(board) == {f"{s}_{k}" for s in samplers for k in (5, 10, 20)}
+    samplers = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic", "unipc", "ipndm")
+    calls = {"heun": (5, 9, 19)}  # 2K - 1 calls: the most that fit in 5, 10, 20
+    expected = {f"{s}_{k}" for s in samplers for k in (5, 10, 20)}
+    assert set(board) == expected | {f"heun_{k}" for k in calls["heun"]}
     assert "Sample quality per network call" in (run / "report.md").read_text()
     assert json.loads((run / "demo_result.json").read_text()) == headline
     report = (run / "report.md").read_text()

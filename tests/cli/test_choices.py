@@ -28,7 +28,7 @@ def test_the_bound_sigmas_are_the_registry_table() -> None:
 
 def test_features_spacings_and_splits() -> None:
     assert _choices("fid", "features") == _choices("sweep", "features") == EXTRACTORS
-    assert _choices("sweep", "spacing") == ("even", *respace.SPACINGS)
+    assert _choices("sweep", "spacing") == ("even", *respace.SPACINGS, "best")
     for command, option in (("nll", "split"), ("steps", "split"), ("fid", "ref-split")):
         assert _choices(command, option) == config.SPLITS
     for prefix in respace.SPACINGS:  # every prefix parses

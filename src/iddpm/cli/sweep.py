@@ -42,7 +42,8 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     type=click.Choice(["even", *SPACINGS[1:]]),
     default="even",
     show_default=True,
-    help="how plain step counts are spaced (see `iddpm sample --help`)",
+    help="how plain step counts are spaced (see `iddpm sample --help`); best: each "
+    "sampler's own measured best (registry)",
 )
 @sampler_choice(multiple=True)
 @sampler_options
@@ -119,5 +120,6 @@ def sweep(
     options = split_options(names, pop_sampler_options(values))
     stats = pop_stats_config(values, seed=values["seed"])
     job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options,
-                   spacing="" if spacing == "even" else spacing, stats=stats, **values)  # fmt: skip
+                   spacing="" if spacing == "even" else spacing, nfe=nfe is not None,
+                   stats=stats, **values)  # fmt: skip
     return sweep_job(job, device, progress)

@@ -38,8 +38,10 @@ import torch
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType
 from iddpm.diffusion.likelihood import image_batches, traverse
 from iddpm.diffusion.samplers import (
+    Denoiser,
+    NoiseSource,
     SamplerStep,
-    ancestral_steps,
+    ancestral_loop,
     per_sample_generators,
 )
 
@@ -197,17 +199,17 @@ class AnalyticOptions:
             )
 
 
-def analytic_steps(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
+def analytic_loop(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    noise: NoiseSource,
     *,
     eps_moments: Sequence[float] | torch.Tensor = (),
     clip_pixel: float = 1.0,
-    **common: Any,
 ) -> Iterator[SamplerStep]:
     """Ancestral sampling (P6, P7) with Analytic-DPM's variance: the model's mean channels,
-    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. `common`: the shared
-    keywords of the sampler signature (as in `samplers.ancestral_steps`); eps_moments: Γ
-    [K] of this process."""
-    variance = clip_for_sampling(analytic_variance(diffusion, eps_moments), clip_pixel)
-    return ancestral_steps(model_fn, diffusion.with_reverse_variance(variance), **common)
+    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. A sampler loop
+    (`samplers.SamplerLoop`); eps_moments: Γ [K] of this process."""
+    d = denoise.diffusion
+    variance = clip_for_sampling(analytic_variance(d, eps_moments), clip_pixel)
+    return ancestral_loop(denoise.on(d.with_reverse_variance(variance)), x, noise)

@@ -38,7 +38,8 @@ from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
 AUDIT_IMAGES = 200  # training images of the report's learned-Σ audit (its network calls)
-LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
+LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic", "unipc",
+                        "ipndm", "heun")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def run_demo(
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
     board = _leaderboard(job, device, progress)
     headline["leaderboard_fid"] = {
-        f"{r['sampler']}_{r['steps']}": r["fid"] for r in board.get("rows", [])
+        f"{r['sampler']}_{r.get('nfe', r['steps'])}": r["fid"] for r in board.get("rows", [])
     }
     stats = dataclasses.replace(job.stats, num_images=min(job.stats.num_images, AUDIT_IMAGES))
     training = None  # a run shorter than one logging interval has no curves to report
@@ -183,6 +184,8 @@ def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -
         job.run_dir,
         samplers=job.leaderboard_samplers,
         steps=tuple(str(k) for k in job.leaderboard_nfe),
+        spacing="best",  # each sampler on its own measured best spacing (registry)
+        nfe=True,  # counts are network calls (Heun: 2K - 1)
         num=job.num_samples,
         seed=job.seed,
         stats=job.stats,
