@@ -134,7 +134,10 @@ class UNetConfig(_Serializable):
     """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
-    downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig
+    downsampling rates. `null_class`: the class embedding has one more row, index
+    `num_classes`, the learned "no label" of classifier-free guidance (set for runs trained
+    with class dropout; configs written before it existed load as False). `out_channels`:
+    None means derived — inside an ExperimentConfig
     from the variance type (`DiffusionConfig.output_channels`: 2·in_channels when Σ is
     learned), on its own in_channels; an explicit value must agree with that rule.
     """
@@ -150,6 +153,7 @@ class UNetConfig(_Serializable):
     dropout: float = 0.0
     use_scale_shift_norm: bool = True
     num_classes: int | None = None
+    null_class: bool = False
     conv_resample: bool = True
     num_groups: int = 32
 
@@ -176,6 +180,10 @@ class UNetConfig(_Serializable):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {self.num_classes!r}")
+        if self.null_class and self.num_classes is None:
+            raise ValueError(
+                "null_class needs a class-conditional model; pass --num-classes N or drop it"
+            )
         widths = {self.model_channels * m for m in self.channel_mult}
         bad = sorted(w for w in widths if w % self.num_groups)
         if bad:
@@ -195,6 +203,10 @@ class TrainConfig(_Serializable):
     `init_weights` says which: the slowest EMA's or the raw ones (`build.load_init_weights`);
     the optimizer starts fresh and the EMA starts from the loaded weights.
 
+    `class_dropout` P in [0, 1): each training example's label is replaced by the model's
+    null class with probability P (Ho & Salimans 2022), so one network learns p(x | y) and
+    p(x) for classifier-free guidance; P > 0 gives the model its null class row.
+
     `precision` "auto" (the default) trains in bf16 autocast where the device runs bf16
     natively and in fp32 elsewhere (rule: `iddpm.train.precision.native_bf16`); fp16 with
     loss scaling is opt-in. `lr_anneal_steps` N > 0 decays the lr linearly to 0 over N
@@ -203,6 +215,7 @@ class TrainConfig(_Serializable):
 
     data: str = "digits"
     class_cond: bool = False
+    class_dropout: float = 0.0
     random_flip: bool = True
     batch_size: int = 128
     microbatch: int = 0
@@ -248,6 +261,12 @@ class TrainConfig(_Serializable):
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
         _choice("init weights", self.init_weights, INIT_WEIGHTS)
+        p = self.class_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(
+                f"class_dropout must be a probability in [0, 1), got {p!r}; 0.1 is usual "
+                "for classifier-free guidance"
+            )
 
 
 @dataclass(frozen=True)
@@ -279,6 +298,14 @@ class ExperimentConfig(_Serializable):
                 f"the model has num_classes={self.model.num_classes} but class_cond is off; "
                 "pass --class-cond (labels come from the data) or drop --num-classes"
             )
+        if self.train.class_dropout > 0:
+            if not self.train.class_cond:
+                raise ValueError(
+                    f"--class-dropout {self.train.class_dropout} needs a class-conditional "
+                    "model; pass --class-cond --num-classes N, or drop --class-dropout"
+                )
+            if not self.model.null_class:  # derived: dropped labels need the null row
+                object.__setattr__(self, "model", self.model.replace(null_class=True))
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with some sections replaced; a derived out_channels is derived again

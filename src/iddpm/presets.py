@@ -1,4 +1,5 @@
-"""Named training recipes: the paper's CIFAR-10 and ImageNet 64 runs, and a CPU-sized one.
+"""Named training recipes: the paper's CIFAR-10 and ImageNet 64 runs, and CPU-sized ones
+(digits, and digits-cond: class-conditional with class dropout, for guidance).
 
 Each preset is a full `ExperimentConfig`; CLI flags override single fields on top of it.
 The "-vlb" variants train L_vlb with importance-sampled timesteps (PAPER.md P13), the
@@ -38,6 +39,16 @@ def _digits() -> ExperimentConfig:
             sample_every=1000,  # a grid of 50-step samples in RUN_DIR/samples
             checkpoint_every=1000,
         ),
+    )
+
+
+def _digits_cond() -> ExperimentConfig:
+    # The digits recipe, class-conditional with class dropout 0.1 (Ho & Salimans 2022 found
+    # 0.1-0.2 best): one network is both p(x | y) and p(x), for classifier-free guidance.
+    cfg = _digits()
+    return cfg.replace(
+        model=cfg.model.replace(num_classes=10),
+        train=cfg.train.replace(class_cond=True, class_dropout=0.1),
     )
 
 
@@ -85,7 +96,12 @@ def _vlb(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-_BASE = {"digits": _digits, "cifar10": _cifar10, "imagenet64": _imagenet64}
+_BASE = {
+    "digits": _digits,
+    "digits-cond": _digits_cond,
+    "cifar10": _cifar10,
+    "imagenet64": _imagenet64,
+}
 PRESETS: tuple[str, ...] = tuple(n for b in _BASE for n in (b, f"{b}-vlb"))
 
 

@@ -59,10 +59,13 @@ HELP = {
     "dropout": "dropout in residual blocks",
     "use_scale_shift_norm": "apply the timestep embedding as scale and shift",
     "num_classes": "classes for class-conditional models",
+    "null_class": "give the class embedding a learned null-class row (set by --class-dropout)",
     "conv_resample": "convolutional up/down-sampling",
     "num_groups": "GroupNorm groups",
     "data": "data: digits | DIR | FILE.npz | cifar10:DIR",
     "class_cond": "train a class-conditional model (labels from the data)",
+    "class_dropout": "replace each label by the null class with this probability (0.1: "
+    "classifier-free guidance; 0: off)",
     "random_flip": "random horizontal flips",
     "batch_size": "global batch size (all ranks together)",
     "microbatch": "per-rank micro-batch (0: no split)",

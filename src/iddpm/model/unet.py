@@ -72,7 +72,8 @@ class UNet(nn.Module):
     """ε-prediction UNet (plus variance channels when out_channels = 2·in_channels).
 
     forward(x [N, in_channels, H, W] float, timesteps [N] int or float on the model's
-    scale, y [N] int64 class labels iff the config has num_classes)
+    scale, y [N] int64 class labels iff the config has num_classes; with `null_class`,
+    label num_classes is the null class, "no label")
     -> [N, out_channels, H, W] in x's dtype (or the autocast dtype).
     H and W must be divisible by 2^(len(channel_mult) − 1).
     """
@@ -84,7 +85,9 @@ class UNet(nn.Module):
         self.grad_checkpoint = False
         mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
         self.time_embed = TimestepEmbedder(mc, emb_dim)
-        self.class_embed = nn.Embedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
+        # the null class of classifier-free guidance, when present, is the last row
+        rows = (cfg.num_classes or 0) + int(cfg.null_class)
+        self.class_embed = nn.Embedding(rows, emb_dim) if cfg.num_classes else None
         self.stem = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
 
         def res(cin: int, cout: int) -> ResBlock:

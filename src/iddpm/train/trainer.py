@@ -55,6 +55,7 @@ from iddpm.train.rules import (
     derive_seed,
     learning_rate,
     model_config_differences,
+    drop_labels,
     split_batch,
     unpack_batch,
 )
@@ -134,6 +135,7 @@ class Trainer:
         # 1. this rank's block of the global batch, its t, importance weights and noise
         x0, cond = self._next_batch()
         t, weights, noise = self._draw(x0)
+        cond = self._drop_labels(cond)
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.step_count, self.rank))
         # 2. per-example losses and gradients, micro-batch by micro-batch
         self.optimizer.zero_grad(set_to_none=True)
@@ -162,6 +164,17 @@ class Trainer:
         sl = slice(lo, lo + self.local_batch)
         dev = self.device
         return t[sl].to(dev), w[sl].to(dev), noise.to(dev, x0.dtype, non_blocking=True)
+
+    def _drop_labels(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Class dropout: labels replaced by the null class with probability P."""
+        p = self.cfg.train.class_dropout
+        if p <= 0 or "y" not in cond:
+            return cond
+        null = self.cfg.model.num_classes
+        glob = self.local_batch * self.world_size
+        lo, seed = self.rank * self.local_batch, self.cfg.train.seed
+        y = drop_labels(cond["y"], p, null, seed, self.step_count, lo, glob)
+        return {**cond, "y": y}
 
     def _forward_backward(
         self,
