@@ -53,9 +53,9 @@ from iddpm.train.metrics import JsonlSink, RunningMeans
 from iddpm.train.precision import Precision
 from iddpm.train.rules import (
     derive_seed,
+    drop_labels,
     learning_rate,
     model_config_differences,
-    drop_labels,
     split_batch,
     unpack_batch,
 )
