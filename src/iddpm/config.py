@@ -136,7 +136,10 @@ class UNetConfig(_Serializable):
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
     downsampling rates. `null_class`: the class embedding has one more row, index
     `num_classes`, the learned "no label" of classifier-free guidance (set for runs trained
-    with class dropout; configs written before it existed load as False). `out_channels`:
+    with class dropout; configs written before it existed load as False). `classifier`: the
+    network is a noise-aware classifier p(y | x_t, t) (the encoder half and middle of this
+    UNet with a pooled head giving `num_classes` logits; `iddpm train-classifier`), not a
+    denoiser; its labels are targets, never inputs. `out_channels`:
     None means derived — inside an ExperimentConfig
     from the variance type (`DiffusionConfig.output_channels`: 2·in_channels when Σ is
     learned), on its own in_channels; an explicit value must agree with that rule.
@@ -156,6 +159,7 @@ class UNetConfig(_Serializable):
     null_class: bool = False
     conv_resample: bool = True
     num_groups: int = 32
+    classifier: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "model_channels"):
@@ -184,6 +188,13 @@ class UNetConfig(_Serializable):
             raise ValueError(
                 "null_class needs a class-conditional model; pass --num-classes N or drop it"
             )
+        if self.classifier and (self.num_classes is None or self.num_classes < 2):
+            raise ValueError(
+                f"a classifier needs num_classes >= 2, got {self.num_classes!r}; pass "
+                "--num-classes N (the number of classes in the data)"
+            )
+        if self.classifier and self.null_class:
+            raise ValueError("a classifier has no null class; drop null_class (class dropout)")
         widths = {self.model_channels * m for m in self.channel_mult}
         bad = sorted(w for w in widths if w % self.num_groups)
         if bad:

@@ -61,6 +61,7 @@ from iddpm.train.rules import (
 )
 
 Hook = Callable[["Trainer"], None]
+LossFn = Callable[..., dict[str, torch.Tensor]]
 
 
 class Trainer:
@@ -74,6 +75,9 @@ class Trainer:
     hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps;
     on_step: on_step(trainer, record) after every step on rank 0, with the latest logged
     metrics (progress display; the trainer itself prints nothing).
+    losses: losses(model_fn, diffusion, x0, t, noise, model_kwargs) -> per-example [N]
+    tensors with a "loss" key (default: the config's diffusion objective,
+    `training_losses`; the noise-aware classifier trains with `classifier_losses`).
     Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was;
     config.json is written after the first checkpoint of each `run()`, so a save that fails
     (a full disk) leaves it as it was too.
@@ -91,6 +95,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         device: torch.device | str | None = None,
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        losses: LossFn | None = None,
     ) -> None:
         tc = cfg.train
         if diffusion.num_timesteps != cfg.diffusion.num_timesteps:
@@ -100,6 +105,7 @@ class Trainer:
             )
         self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
         self.sampler, self.hooks, self.on_step = timestep_sampler, tuple(hooks), on_step
+        self.losses = losses or self._diffusion_losses
         self.device = torch.device(device) if device is not None else distributed.device()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.local_batch, self.microbatch = split_batch(
@@ -165,6 +171,21 @@ class Trainer:
         dev = self.device
         return t[sl].to(dev), w[sl].to(dev), noise.to(dev, x0.dtype, non_blocking=True)
 
+    def _diffusion_losses(
+        self,
+        model_fn: Callable[..., torch.Tensor],
+        diffusion: Any,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        model_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The config's diffusion objective (P9, P11, P13), per example."""
+        dc = self.cfg.diffusion
+        return training_losses(
+            model_fn, diffusion, x0, t, noise, dc.loss, dc.vlb_weight, model_kwargs
+        )
+
     def _drop_labels(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Class dropout: labels replaced by the null class with probability P."""
         p = self.cfg.train.class_dropout
@@ -191,16 +212,8 @@ class Trainer:
             last = start + self.microbatch >= n
             # sync gradients across ranks only on the last micro-batch
             with self._grad_sync(last):
-                out = training_losses(
-                    self.model_fn,
-                    self.diffusion,
-                    x0[sl],
-                    t[sl],
-                    noise=noise[sl],
-                    kind=self.cfg.diffusion.loss,
-                    vlb_weight=self.cfg.diffusion.vlb_weight,
-                    model_kwargs={k: v[sl] for k, v in cond.items()},
-                )
+                kwargs = {k: v[sl] for k, v in cond.items()}
+                out = self.losses(self.model_fn, self.diffusion, x0[sl], t[sl], noise[sl], kwargs)
                 # importance weights unbias the t draw (P13); m/n turns the micro-batch
                 # means into one mean over the rank's batch (DDP then averages ranks).
                 loss = (out["loss"] * weights[sl]).mean() * (x0[sl].shape[0] / n)

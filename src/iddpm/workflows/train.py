@@ -39,6 +39,7 @@ from iddpm.checkpoint import (
 )
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.loader import ImageBatches
+from iddpm.diffusion.losses import classifier_losses
 from iddpm.generate import sample_images
 from iddpm.presets import get_preset
 from iddpm.train.rules import split_batch
@@ -181,8 +182,9 @@ def build_trainer(
         build_timestep_sampler(cfg.diffusion),
         cfg,
         run_dir=run,
-        hooks=[grid_hook(cfg, run, device)],
+        hooks=[] if cfg.model.classifier else [grid_hook(cfg, run, device)],
         device=device,
+        losses=classifier_losses if cfg.model.classifier else None,
         **kwargs,
     )
     return trainer, len(ds)
