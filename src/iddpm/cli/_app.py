@@ -14,6 +14,7 @@ from iddpm.cli.sample import sample
 from iddpm.cli.steps import steps
 from iddpm.cli.sweep import sweep
 from iddpm.cli.train import train
+from iddpm.cli.train_classifier import train_classifier_command
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,3 +25,4 @@ def cli() -> None:
 
 for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert):
     cli.add_command(command)
+cli.add_command(train_classifier_command)
