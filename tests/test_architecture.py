@@ -111,6 +111,7 @@ ALLOWED: dict[str, set[str]] = {
         "distributed",
         "config",
     },
+    "eval.classify": {"build", "config", "eval.nll"},
     "eval.fid": {"distributed", "generate"},
     "eval.features": {"distributed"},
     "eval.precision_recall": set(),

@@ -6,6 +6,7 @@ import click
 
 from iddpm import __version__
 from iddpm.cli._errors import Group
+from iddpm.cli.classify import classify
 from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
@@ -26,3 +27,4 @@ def cli() -> None:
 for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert):
     cli.add_command(command)
 cli.add_command(train_classifier_command)
+cli.add_command(classify)

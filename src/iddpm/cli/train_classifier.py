@@ -32,8 +32,7 @@ from iddpm.workflows.train_classifier import (
     type=click.Path(path_type=Path),
     default=Path("runs/classifier"),
     show_default=True,
-    help="where the classifier's checkpoints and metrics go (must not hold a run unless "
-    "--resume)",
+    help="where the classifier's checkpoints and metrics go (must not hold a run unless --resume)",
 )
 @click.option("--resume", is_flag=True, help="continue exactly from the run's latest checkpoint")
 @click.option(

@@ -69,10 +69,7 @@ def classifier_base(
         return cfg
     if model_run is not None and preset is not None:
         raise ValueError("pass --model RUN or --preset NAME, not both")
-    if model_run is not None:
-        base = load_model(model_run).config
-    else:
-        base = get_preset(preset or "digits")
+    base = get_preset(preset or "digits") if model_run is None else load_model(model_run).config
     cfg = classifier_config(base, num_classes)
     if steps is None:
         steps = DEFAULT_CLASSIFIER_STEPS
