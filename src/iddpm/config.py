@@ -341,6 +341,10 @@ class SampleConfig(_Serializable):
     (`iddpm.diffusion.registry`) and `sampler_options` holds its options by name (checked
     against the entry when sampling starts). Sample i depends only on (seed, i).
     `use_ema`: sample with the slowest EMA's weights (else the raw weights).
+    Guidance (diffusion/guidance.py): `guidance_scale` W is classifier-free guidance (1:
+    the plain conditional model, 0: its null class; other values need a model trained with
+    class dropout); `classifier` (a run of `iddpm train-classifier`, "" = none) with
+    `classifier_scale` S adds classifier guidance.
 
     Config files written before the registry stored `ddim` and `eta`; they still load
     (`ddim: true` becomes sampler "ddim" with that eta)."""
@@ -354,10 +358,24 @@ class SampleConfig(_Serializable):
     batch_size: int = 64
     seed: int = 0
     class_label: int | None = None
+    guidance_scale: float = 1.0
+    classifier: str = ""
+    classifier_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("num", self.num)
         _positive("batch_size", self.batch_size)
+        for flag, value in (
+            ("--guidance-scale", self.guidance_scale),
+            ("--classifier-scale", self.classifier_scale),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{flag} must be a number >= 0, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{flag} must be a finite number >= 0, got {value!r}; 1 is the plain "
+                    "conditional model, larger values follow the class more closely"
+                )
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ValueError(f"sampler must be a registered name, got {self.sampler!r}")
         if not isinstance(self.sampler_options, dict):
