@@ -1,0 +1,243 @@
+"""Guidance on a class-conditional digits model (issue 17): one JSON object.
+
+On a digits-cond run trained as the demo trains (`--run`; the digits-cond preset: class
+dropout 0.1) and, optionally, a noise-aware classifier of it (`--classifier`, a run of
+`iddpm train-classifier`):
+- for every classifier-free guidance scale W of `--scales` (and classifier-guidance
+  scales S of `--classifier-scales`, on the null-label model, W = 0), `--num` samples
+  per seed of `--seeds`, class-balanced (sample i asks for class i mod 10): digits-FID
+  and precision/recall (k = 3) against the training digits, and the share of samples
+  that the bundled digits classifier labels as the class asked for;
+- which branch's variance drives the learned Σ: the conditional (default) against the
+  null one, at `--variance-scale`;
+- `iddpm classify` on the test digits (`--classify-mc` Monte-Carlo steps per image and
+  class, or the exact bound over `--classify-steps`) against the bundled classifier;
+- the precision/recall trade-off against W, plotted to `--plot`.
+
+    python benchmarks/bench_guidance.py --run runs/digits-cond --classifier runs/clf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import result_header
+from iddpm.build import load_model, spaced
+from iddpm.config import EvalConfig, SampleConfig
+from iddpm.data.spec import load_dataset
+from iddpm.diffusion import registry
+from iddpm.diffusion.guidance import classifier_free, rows_per_call
+from iddpm.diffusion.samplers import per_sample_generators
+from iddpm.generate import class_labels
+from iddpm.workflows.classify import ClassifyJob, classify_to_files
+from iddpm.workflows.guidance import (
+    guidance_transform,
+    load_classifier,
+    requested_class_accuracy,
+)
+from iddpm.workflows.quality import extractor_for, reference, score
+
+
+def draw(loaded, transform, args: argparse.Namespace, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """args.num class-balanced samples of `seed` (sample i: class i mod K, noise from
+    (seed, i)) with the transformed model function; uint8 NHWC images and labels."""
+    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
+    model_fn = transform(adapter) if transform is not None else adapter
+    mcfg = loaded.config.model
+    labels = class_labels(range(args.num), mcfg.num_classes, None)
+    options = registry.make_options(args.sampler)
+    out = []
+    for lo in range(0, args.num, args.batch):
+        idx = list(range(lo, min(lo + args.batch, args.num)))
+        with torch.no_grad():
+            x = registry.sample(
+                args.sampler,
+                model_fn,
+                diffusion,
+                options=options,
+                shape=(len(idx), mcfg.in_channels, mcfg.image_size, mcfg.image_size),
+                generator=per_sample_generators(seed, idx),
+                model_kwargs={"y": torch.as_tensor(labels[lo : lo + len(idx)])},
+            )
+        out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.cat(out).numpy(), labels
+
+
+def cell(loaded, transform, extractor, ref, args, meta: dict) -> dict:
+    """Scores of one guidance setting, per seed and their mean."""
+    per_seed = []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        images, labels = draw(loaded, transform, args, seed)
+        seconds = time.perf_counter() - start
+        s = score(images, extractor, ref)
+        probs = extractor.predict_proba(images)
+        s["class_accuracy"] = requested_class_accuracy(probs, labels)
+        s["sample_seconds"] = round(seconds, 1)
+        per_seed.append(s)
+    keys = ("fid", "precision", "recall", "class_accuracy", "sample_seconds")
+    row = dict(meta)
+    for k in keys:
+        row[k] = round(statistics.fmean(s[k] for s in per_seed), 4)
+    row["fid_per_seed"] = [round(s["fid"], 3) for s in per_seed]
+    row["class_accuracy_per_seed"] = [round(s["class_accuracy"], 4) for s in per_seed]
+    print(json.dumps(row), flush=True, file=sys.stderr)  # progress
+    return row
+
+
+def guidance_rows(loaded, clf, extractor, ref, args) -> list[dict]:
+    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
+    ode = getattr(registry.get(args.sampler), "ode", False)  # the registry's kind
+    entry = registry.get(args.sampler)
+    k = getattr(entry, "calls", lambda n: n)(diffusion.num_timesteps)  # network calls
+    rows = []
+    for w in args.scales:
+        request = SampleConfig(guidance_scale=w)
+        transform = guidance_transform(loaded, request, diffusion, adapter, ode)
+        meta = {
+            "kind": "classifier-free",
+            "scale": w,
+            "network_rows_per_sample": k * rows_per_call(w),
+        }
+        rows.append(cell(loaded, transform, extractor, ref, args, meta))
+    if args.variance_scale is not None:  # the other branch's Σ
+        null = loaded.config.model.num_classes
+
+        def null_variance(fn):
+            return classifier_free(fn, args.variance_scale, null, variance_from="null")
+
+        meta = {"kind": "classifier-free, null-branch variance", "scale": args.variance_scale,
+                "network_rows_per_sample": 2 * k}  # fmt: skip
+        rows.append(cell(loaded, null_variance, extractor, ref, args, meta))
+    for s in args.classifier_scales if clf is not None else ():
+        request = SampleConfig(
+            guidance_scale=0.0, classifier=str(args.classifier), classifier_scale=s
+        )
+        transform = guidance_transform(loaded, request, diffusion, adapter, ode, clf)
+        meta = {"kind": "classifier (null-label model)", "scale": s, "network_rows_per_sample": k,
+                "classifier_calls_per_sample": k}  # fmt: skip
+        rows.append(cell(loaded, transform, extractor, ref, args, meta))
+    return rows
+
+
+def diffusion_classifier(run: Path, extractor, args) -> dict:
+    """`iddpm classify` on the test digits, and the bundled classifier on the same."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = EvalConfig(
+            split="test",
+            steps=args.classify_steps,
+            mc_timesteps=args.classify_mc,
+            batch_size=args.batch,
+            timestep_batch=args.timestep_batch,
+        )
+        out = classify_to_files(ClassifyJob(run, cfg, Path(tmp)), args.device)
+    test = load_dataset("digits", "test")
+    probs = extractor.predict_proba(test.images)
+    return {
+        "estimator": out["estimator"],
+        "accuracy": out["accuracy"],
+        "accuracy_stderr": out["accuracy_stderr"],
+        "seconds": out["seconds"],
+        "marginal_bpd": out["marginal_bpd"],
+        "bpd_true_label": out["bpd_true_label"],
+        "confusion": out["confusion"],
+        "num_images": out["num_images"],
+        "bundled_classifier_accuracy": float((probs.argmax(1) == test.labels).mean()),
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cf = sorted((r for r in rows if r["kind"] == "classifier-free"), key=lambda r: r["scale"])
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    w = [r["scale"] for r in cf]
+    ax[0].plot(w, [r["precision"] for r in cf], "o-", label="precision")
+    ax[0].plot(w, [r["recall"] for r in cf], "s-", label="recall")
+    ax[0].plot(w, [r["class_accuracy"] for r in cf], "^-", label="class accuracy")
+    ax[0].set_xlabel("guidance scale W")
+    ax[0].legend()
+    ax[0].grid(alpha=0.3)
+    ax[1].plot(w, [r["fid"] for r in cf], "o-")
+    ax[1].set_xlabel("guidance scale W")
+    ax[1].set_ylabel("digits-FID (class-balanced)")
+    ax[1].grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def targets(rows: list[dict], clf: dict | None) -> dict:
+    cf = [r for r in rows if r["kind"] == "classifier-free"]
+    base = next((r for r in cf if r["scale"] == 1.0), None)
+    ok = [r for r in cf if r["class_accuracy"] >= 0.99 and base and r["fid"] <= base["fid"]]
+    out = {
+        "scales_with_99pct_class_accuracy_and_fid_no_worse_than_w1": [r["scale"] for r in ok],
+        "class_accuracy_99_with_fid_no_worse_met": bool(ok),
+    }
+    if clf is not None:
+        out["diffusion_classifier_95pct_met"] = clf["accuracy"] >= 0.95
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="digits-cond run (read only: copied)")
+    p.add_argument("--classifier", default="", help="noise-aware classifier run")
+    p.add_argument("--num", type=int, default=1000)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--scales", default="0,1,2,3,5")
+    p.add_argument("--classifier-scales", default="1,3")
+    p.add_argument("--variance-scale", type=float, default=3.0)
+    p.add_argument("--sampler", default="ancestral")
+    p.add_argument("--steps", default="50")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--classify-mc", type=int, default=100)
+    p.add_argument("--classify-steps", default="")
+    p.add_argument("--timestep-batch", type=int, default=20)
+    p.add_argument("--no-classify", action="store_true")
+    p.add_argument("--plot", default="")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    args.scales = [float(x) for x in args.scales.split(",") if x.strip()]
+    args.classifier_scales = [float(x) for x in args.classifier_scales.split(",") if x.strip()]
+    result = result_header("bench_guidance", args.device)
+    result.update(sampler=args.sampler, steps=args.steps, num=args.num, seeds=args.seeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"  # classify writes into RUN/eval: work on a copy
+        shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("cache"))
+        loaded = load_model(run, device=args.device)
+        clf = load_classifier(args.classifier, loaded, args.device) if args.classifier else None
+        extractor = extractor_for("digits", args.device)
+        ref = reference("digits", "train", extractor)
+        start = time.perf_counter()
+        rows = guidance_rows(loaded, clf, extractor, ref, args)
+        result["sampling_seconds"] = round(time.perf_counter() - start, 1)
+        result["rows"] = rows
+        classify = None if args.no_classify else diffusion_classifier(run, extractor, args)
+        result["classify"] = classify
+    if args.plot:
+        plot(rows, Path(args.plot))
+        result["plot"] = args.plot
+    result["targets"] = targets(rows, classify)
+    result["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
