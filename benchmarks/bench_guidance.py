@@ -142,7 +142,7 @@ def diffusion_classifier(run: Path, extractor, args) -> dict:
             timestep_batch=args.timestep_batch,
         )
         out = classify_to_files(ClassifyJob(run, cfg, Path(tmp)), args.device)
-    test = load_dataset("digits", "test")
+    test = load_dataset("digits", "test", class_cond=True)
     probs = extractor.predict_proba(test.images)
     return {
         "estimator": out["estimator"],
@@ -155,6 +155,28 @@ def diffusion_classifier(run: Path, extractor, args) -> dict:
         "num_images": out["num_images"],
         "bundled_classifier_accuracy": float((probs.argmax(1) == test.labels).mean()),
     }
+
+
+def classifier_accuracy_by_t(clf, loaded, args) -> dict[str, float]:
+    """The noise-aware classifier's accuracy on the test digits noised to step t (one
+    noise draw per image), for several t: it should fall to chance (0.1) at T − 1."""
+    from iddpm.build import build_diffusion
+    from iddpm.diffusion.respace import ModelAdapter, timestep_scale
+
+    dcfg = loaded.config.diffusion
+    diffusion = build_diffusion(dcfg)
+    fn = ModelAdapter(clf.model, scale=timestep_scale(dcfg.num_timesteps, dcfg.rescale_timesteps))
+    test = load_dataset("digits", "test", class_cond=True)
+    x0 = torch.as_tensor(test.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.as_tensor(test.labels)
+    T, out = dcfg.num_timesteps, {}
+    for t in (0, T // 10, T // 4, T // 2, 3 * T // 4, T - 1):
+        tt = torch.full((len(y),), t)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
+        with torch.no_grad():
+            logits = fn(diffusion.q_sample(x0, tt, noise), tt)
+        out[str(t)] = round(float((logits.argmax(1) == y).float().mean()), 4)
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -229,6 +251,10 @@ def main() -> None:
         rows = guidance_rows(loaded, clf, extractor, ref, args)
         result["sampling_seconds"] = round(time.perf_counter() - start, 1)
         result["rows"] = rows
+        if clf is not None:
+            result["noise_aware_classifier_accuracy_by_t"] = classifier_accuracy_by_t(
+                clf, loaded, args
+            )
         classify = None if args.no_classify else diffusion_classifier(run, extractor, args)
         result["classify"] = classify
     if args.plot:
