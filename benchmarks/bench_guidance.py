@@ -42,10 +42,12 @@ from iddpm.diffusion.samplers import per_sample_generators
 from iddpm.generate import class_labels
 from iddpm.workflows.classify import ClassifyJob, classify_to_files
 from iddpm.workflows.guidance import (
+    class_rows,
     guidance_transform,
     load_classifier,
     requested_class_accuracy,
 )
+from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.quality import extractor_for, reference, score
 
 
@@ -203,6 +205,16 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def class_grid(loaded, args) -> str:
+    """10 samples per class at scale args.grid_scale, one row per class, as a PNG."""
+    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
+    request = SampleConfig(guidance_scale=args.grid_scale)
+    transform = guidance_transform(loaded, request, diffusion, adapter, False)
+    grid_args = argparse.Namespace(**{**vars(args), "num": 100})
+    images, labels = draw(loaded, transform, grid_args, seed=0)
+    return str(save_image_grid(args.grid, class_rows(images, labels), nrow=10, scale=6))
+
+
 def targets(rows: list[dict], clf: dict | None) -> dict:
     cf = [r for r in rows if r["kind"] == "classifier-free"]
     base = next((r for r in cf if r["scale"] == 1.0), None)
@@ -232,7 +244,9 @@ def main() -> None:
     p.add_argument("--classify-steps", default="")
     p.add_argument("--timestep-batch", type=int, default=20)
     p.add_argument("--no-classify", action="store_true")
-    p.add_argument("--plot", default="")
+    p.add_argument("--plot", default="", help="PNG of precision/recall/accuracy/FID vs W")
+    p.add_argument("--grid", default="", help="PNG of 10 samples per class (one row each)")
+    p.add_argument("--grid-scale", type=float, default=3.0, help="W of the --grid samples")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -257,6 +271,9 @@ def main() -> None:
             )
         classify = None if args.no_classify else diffusion_classifier(run, extractor, args)
         result["classify"] = classify
+        if args.grid:
+            result["grid"] = class_grid(loaded, args)
+            result["grid_scale"] = args.grid_scale
     if args.plot:
         plot(rows, Path(args.plot))
         result["plot"] = args.plot

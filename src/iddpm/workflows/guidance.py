@@ -152,3 +152,9 @@ def requested_class_accuracy(probs: np.ndarray, labels: np.ndarray | None) -> fl
     if labels is None or len(labels) == 0:
         return None
     return float((np.asarray(probs).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def class_rows(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Images [N, H, W, C] reordered by class (stable): with as many per class as there
+    are columns, a grid of them has one row per class."""
+    return images[np.argsort(np.asarray(labels), kind="stable")]
