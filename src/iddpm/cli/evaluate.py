@@ -9,7 +9,7 @@ import click
 
 from iddpm.cli._command import job_command
 from iddpm.cli.options import bound_options, compile_option, pop_stats_config, stats_options
-from iddpm.config import EvalConfig
+from iddpm.config import SPLITS, EvalConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES, FidJob, fid_of_files
 
@@ -19,6 +19,7 @@ POSITIVE = click.IntRange(min=1)
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @bound_options
+@click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
 @compile_option
 @stats_options
@@ -36,9 +37,7 @@ def nll(
 @click.command()
 @click.argument("samples", type=click.Path(path_type=Path))
 @click.option("--ref", required=True, help="reference: data SPEC (e.g. digits) or a stats .npz")
-@click.option(
-    "--ref-split", type=click.Choice(["train", "test"]), default="train", show_default=True
-)
+@click.option("--ref-split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option(
     "--features",
     type=click.Choice(FEATURES),

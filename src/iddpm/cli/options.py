@@ -19,6 +19,7 @@ from iddpm.config import (
     MEAN_TYPES,
     PRECISIONS,
     SCHEDULES,
+    SPLITS,
     TIMESTEP_SAMPLERS,
     VAR_TYPES,
     DiffusionConfig,
@@ -263,9 +264,7 @@ def compile_option(func: Callable) -> Callable:
 POSITIVE = click.IntRange(min=1)
 _BOUND_OPTIONS = [
     click.option("--data", default="", help="data SPEC (default: the data the model trained on)"),
-    click.option(
-        "--split", type=click.Choice(["train", "test"]), default="test", show_default=True
-    ),
+    click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True),
     click.option(
         "--num-images",
         type=click.IntRange(min=0),
@@ -312,7 +311,6 @@ _BOUND_OPTIONS = [
         help="reverse variance of the bound: the model's own, Analytic-DPM's optimum "
         "(estimated from training images, cached in the run), or fixed beta-tilde / beta",
     ),
-    click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights"),
 ]
 
 

@@ -15,12 +15,13 @@ from iddpm.build import load_model
 from iddpm.config import EvalConfig
 from iddpm.eval.classify import ClassifyResult, class_bounds
 from iddpm.workflows import runtime
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.nll import tag
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_writable_dir, run_dir_of
+from iddpm.workflows.runs import check_writable_dir, run_of
 from iddpm.workflows.sample import num_steps
-from iddpm.workflows.statistics import StatsConfig, reverse_variance
+from iddpm.workflows.statistics import reverse_variance
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,11 @@ def classify_to_files(
         )
     T = loaded.config.diffusion.num_timesteps
     num_steps(loaded, cfg.steps)  # the step spec, before loading any data
-    out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "eval"
+    out_dir = job.out_dir or run_of(loaded.checkpoint).eval
     check_writable_dir(out_dir, "--out-dir")
     ds = data_for_model(loaded.config, cfg.data or None, cfg.split, cfg.num_images)
-    table = reverse_variance(loaded, cfg.steps, cfg.sigma, device, job.stats, progress)
+    ctx = JobContext(device, progress, stats=job.stats)
+    table = reverse_variance(loaded, cfg.steps, cfg.sigma, ctx)
     start = time.perf_counter()
     with progress("classify", mcfg.num_classes * len(ds), "img") as bar:
         bpd = class_bounds(loaded, ds.images, cfg, device, bar.update, table)
