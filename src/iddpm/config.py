@@ -366,16 +366,16 @@ class SampleConfig(_Serializable):
     def __post_init__(self) -> None:
         _positive("num", self.num)
         _positive("batch_size", self.batch_size)
-        for flag, value in (
-            ("--guidance-scale", self.guidance_scale),
-            ("--classifier-scale", self.classifier_scale),
+        for flag, value, meaning in (
+            ("--guidance-scale", self.guidance_scale, "1 is the plain conditional model"),
+            ("--classifier-scale", self.classifier_scale, "0 is no classifier guidance"),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{flag} must be a number >= 0, got {value!r}")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(
-                    f"{flag} must be a finite number >= 0, got {value!r}; 1 is the plain "
-                    "conditional model, larger values follow the class more closely"
+                    f"{flag} must be a finite number >= 0, got {value!r}; {meaning}, "
+                    "larger values follow the class more closely"
                 )
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ValueError(f"sampler must be a registered name, got {self.sampler!r}")

@@ -146,6 +146,12 @@ def guidance_summary(request: SampleConfig, calls: int, ode: bool) -> dict[str, 
     return out
 
 
+def guidance_tag(request: SampleConfig) -> str:
+    """File-name suffix of a guided request ("" when unguided): _w<W>, _clf<S>."""
+    tag = "" if request.guidance_scale == 1.0 else f"_w{request.guidance_scale:g}"
+    return tag + (f"_clf{request.classifier_scale:g}" if request.classifier else "")
+
+
 def requested_class_accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
     """Share of samples that a classifier's probabilities [N, K] label as the class each
     was asked for (None without labels)."""
