@@ -57,7 +57,7 @@ CASES = {
             r["clf"],
             "--classifier-scale",
             "inf",
-        ],  # fmt: skip
+        ],
         "--classifier-scale",
     ),
     "classifier of another T": (
