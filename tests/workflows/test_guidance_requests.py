@@ -17,7 +17,9 @@ from iddpm.build import load_model, spaced
 from iddpm.config import SampleConfig
 from iddpm.workflows.guidance import (
     check_guidance,
+    guidance_label,
     guidance_summary,
+    guidance_tag,
     guidance_transform,
     label_classes,
     load_classifier,
@@ -98,6 +100,13 @@ def test_a_request_becomes_one_transform_of_the_model_function(runs) -> None:
     cost = guidance_summary(request, calls=5, ode=False)
     assert cost["network_rows_per_sample"] == 10 and cost["classifier_form"] == "mean"
     assert guidance_summary(SampleConfig(), 5, True)["network_rows_per_sample"] == 5
+
+
+def test_guided_requests_are_named_in_tables_and_files() -> None:
+    assert guidance_label(SampleConfig()) == guidance_tag(SampleConfig()) == ""
+    both = SampleConfig(guidance_scale=2.5, classifier="c", classifier_scale=0.0)
+    assert guidance_label(both) == " W=2.5 S=0" and guidance_tag(both) == "_w2.5_clf0"
+    assert guidance_summary(both, 4, True)["classifier_calls_per_sample"] == 0
 
 
 def test_requested_class_accuracy_counts_agreement() -> None:

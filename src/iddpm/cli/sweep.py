@@ -86,6 +86,20 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     show_default=True,
     help="training images the bound-optimal schedules are computed on",
 )
+@click.option(
+    "--guidance-scales",
+    default="1",
+    show_default=True,
+    help="comma list of classifier-free guidance scales W to compare, e.g. 0,1,2,4 "
+    "(W != 1 needs a model trained with --class-dropout)",
+)
+@click.option("--classifier", default="", help="classifier guidance: a train-classifier run")
+@click.option(
+    "--classifier-scales",
+    default="1",
+    show_default=True,
+    help="comma list of classifier guidance scales S (with --classifier)",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
 @stats_options
 @job_command
@@ -108,9 +122,21 @@ def sweep(
       --nll-images 200 --optimal-steps
     """
     names = tuple(s.strip() for s in samplers.split(",") if s.strip())
+    for key in ("guidance_scales", "classifier_scales"):
+        values[key] = _floats(values[key], "--" + key.replace("_", "-"))
     specs = step_specs if nfe is None else tuple(s.strip() for s in nfe.split(",") if s.strip())
     options = split_options(names, pop_sampler_options(values))
     stats = pop_stats_config(values, seed=values["seed"])
     job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options,
                    spacing="" if spacing == "even" else spacing, stats=stats, **values)  # fmt: skip
     return sweep_job(job, device, progress)
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not a comma list of numbers, e.g. 0,1,2,4") from None
+    if not out:
+        raise ValueError(f"{flag} is empty; give at least one scale, e.g. 1")
+    return out

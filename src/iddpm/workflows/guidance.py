@@ -141,7 +141,7 @@ def guidance_summary(request: SampleConfig, calls: int, ode: bool) -> dict[str, 
             classifier=request.classifier,
             classifier_scale=request.classifier_scale,
             classifier_form=form_for(ode).value,
-            classifier_calls_per_sample=calls,
+            classifier_calls_per_sample=calls if request.classifier_scale else 0,
         )
     return out
 
@@ -150,6 +150,12 @@ def guidance_tag(request: SampleConfig) -> str:
     """File-name suffix of a guided request ("" when unguided): _w<W>, _clf<S>."""
     tag = "" if request.guidance_scale == 1.0 else f"_w{request.guidance_scale:g}"
     return tag + (f"_clf{request.classifier_scale:g}" if request.classifier else "")
+
+
+def guidance_label(request: SampleConfig) -> str:
+    """How tables and plots name a guided request (" W=3", " W=0 S=2"; "" unguided)."""
+    text = "" if request.guidance_scale == 1.0 else f" W={request.guidance_scale:g}"
+    return text + (f" S={request.classifier_scale:g}" if request.classifier else "")
 
 
 def requested_class_accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
