@@ -26,8 +26,10 @@ g = ∇_{x_t} log p_φ(y | x_t, t) from a noise-aware classifier and scale S, in
 - `GradForm.MEAN` (their Algorithm 1, for ancestral sampling): μ ← μ + S·Σ·g. It is
   applied as the ε shift that moves the reverse mean by exactly S·Σ·g,
   Δε = −S·Σ·g·√α_t·√(1−ᾱ_t)/β_t (μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t), with Σ the model's
-  own reverse variance at this step. When x̂0 is clipped the clip acts after the shift
-  (the authors shift the clipped mean); without clipping the two are identical.
+  own reverse variance at this step (learned or fixed; for the `analytic` sampler too,
+  whose step uses Analytic-DPM's variance instead). When x̂0 is clipped the clip acts
+  after the shift (the authors shift the clipped mean); without clipping the two are
+  identical.
 - `GradForm.EPS` (their Algorithm 2, the score form for DDIM and the ODE solvers):
   ε ← ε − S·√(1−ᾱ_t)·g. At S = 1 with the exact classifier this is exactly the
   conditional ε_y of the unconditional model's process, since
