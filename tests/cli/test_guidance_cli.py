@@ -120,3 +120,15 @@ def test_a_guided_sample_says_what_it_cost(runs, tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["network_calls"] == 3 and summary["network_rows_per_sample"] == 6
     assert summary["classifier_form"] == "mean" and summary["classifier_calls_per_sample"] == 3
+
+
+def test_classify_reports_accuracy_and_writes_its_summary(runs, tmp_path: Path) -> None:
+    args = ["classify", runs["cond"], "--num-images", "4", "--mc", "2", "--out-dir", tmp_path]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 <= summary["accuracy"] <= 1 and summary["num_images"] == 4
+    assert len(summary["confusion"]) == 10 and sum(map(sum, summary["confusion"])) == 4
+    assert summary["estimator"].startswith("Monte-Carlo, 2 log-stratified")
+    written = json.loads((tmp_path / "classify_test_20_mc2.json").read_text())
+    assert written["accuracy"] == summary["accuracy"]
