@@ -1,4 +1,4 @@
-"""Import layering (DESIGN.md §2): every `iddpm` import must be an allowed edge."""
+"""Import layering (docs/design.md §2): every `iddpm` import must be an allowed edge."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_module_imports_follow_the_layering(path: Path) -> None:
         f"{name} is not in the layering table; add it with its allowed edges"
     )
     bad = sorted(m for m in _iddpm_imports(path) if not _allowed(name, m))
-    assert not bad, f"{name} imports {bad}, which DESIGN.md's layering forbids"
+    assert not bad, f"{name} imports {bad}, which docs/design.md's layering forbids"
 
 
 def test_package_init_files_import_nothing_that_breaks_layering() -> None:

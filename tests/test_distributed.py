@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def test_bad_local_rank_environment_error(monkeypatch: pytest.MonkeyPatch) -> No
 # ---- multi-process ------------------------------------------------------------------
 
 
+RANKS_TIMEOUT_S = 600
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,8 +87,17 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], out: str, a
 
 def run_ranks(world: int, fn: Callable[..., Any], tmp_path: Path, *args: Any) -> list[Any]:
     """Run fn(*args) on `world` spawned gloo ranks; return each rank's (torch.save-able)
-    result in rank order. `fn` must be a module-level function."""
-    mp.spawn(_entry, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=True)
+    result in rank order. `fn` must be a module-level function. Ranks still running after
+    `RANKS_TIMEOUT_S` are killed and fail the test (a hung collective must not hang the suite)."""
+    ctx = mp.spawn(
+        _entry, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=False
+    )
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    while not ctx.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            raise AssertionError(f"{world} ranks still running after {RANKS_TIMEOUT_S} s")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

@@ -1,4 +1,4 @@
-"""Run directories and checkpoints (DESIGN.md §5).
+"""Run directories and checkpoints (docs/design.md §5).
 
 Layout of a run directory:
 
@@ -221,12 +221,50 @@ def load_for_inference(
             "use another checkpoint of the run"
         )
     weights = dict(state["model"])
-    emas = state.get("ema") or {}
-    if use_ema and emas:
-        slowest = max(emas, key=float)
-        for name, value in emas[slowest].items():
+    ema = slowest_ema(state, resolve_checkpoint(path_or_run_dir)) if use_ema else None
+    if ema is not None:
+        for name, value in ema[1].items():
             weights[name] = value.to(weights[name].dtype) if name in weights else value
     return cfg, weights
+
+
+def slowest_ema(state: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """(rate, parameters) of the slowest EMA in a loaded checkpoint (the largest rate, e.g.
+    0.9999: the paper's evaluation weights), or None when it stores no EMA. An entry that
+    is not {rate: {parameter name: tensor}} (a damaged or hand-edited file) is a one-line
+    ValueError naming the file, instead of an error deep inside torch."""
+    emas = state.get("ema")
+    if emas is None or (isinstance(emas, dict) and not emas):
+        return None
+    if not isinstance(emas, dict):
+        raise ValueError(
+            f"checkpoint {path} is damaged: its EMA entry is a {type(emas).__name__}, not "
+            f"{{rate: weights}}; {_EMA_FIX}"
+        )
+    for rate, weights in emas.items():
+        if not _is_rate(rate) or not isinstance(weights, dict):
+            raise ValueError(
+                f"checkpoint {path} is damaged: its EMA entry {rate!r} holds a "
+                f"{type(weights).__name__}, not a rate's weights; {_EMA_FIX}"
+            )
+        bad = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise ValueError(
+                f"checkpoint {path} is damaged: EMA {rate} parameter {bad!r} is not a tensor; "
+                f"{_EMA_FIX}"
+            )
+    slowest = max(emas, key=float)
+    return str(slowest), emas[slowest]
+
+
+_EMA_FIX = "use another checkpoint of the run, or its raw weights (--no-ema, --init-weights raw)"
+
+
+def _is_rate(key: Any) -> bool:
+    try:
+        return 0.0 <= float(key) < 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 def _apply_retention(folder: Path, keep: int, protect: str) -> None:

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses with the paper's defaults (PAPER.md, "The network").
+"""Frozen configuration dataclasses with the paper's defaults (docs/paper.md, "The network").
 
 Strings for choices live here and at the CLI; `build.py` turns them into enums. Every
 dataclass validates itself in `__post_init__` with one-line `ValueError`s that name the
@@ -25,6 +25,20 @@ INIT_WEIGHTS = ("ema", "raw")
 SPLITS = ("train", "test")  # the data splits every data source has
 
 T = TypeVar("T")
+
+
+def option(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None
+) -> Any:
+    """A config field that is also a command-line flag: its default, its help, its choices
+    (checked by the config's own validation too) and the flag's name where it is not the
+    field's (`--diffusion-steps` for num_timesteps). `cli/options.py` reads these."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if flag is not None:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -84,21 +98,36 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Serializable):
-    """The diffusion process and objective (PAPER.md P4–P13).
+    """The diffusion process and objective (docs/paper.md P4–P13).
 
     `rescale_timesteps`: the model sees t scaled to [0, 1000) whatever T is (the authors'
     training default), so a model trained with T = 4000 and one with T = 1000 see the
     same range.
     """
 
-    num_timesteps: int = 4000
-    schedule: str = "cosine"
-    mean_type: str = "epsilon"
-    var_type: str = "learned-range"
-    loss: str = "hybrid"
-    vlb_weight: float = 0.001
-    timestep_sampler: str = "uniform"
-    rescale_timesteps: bool = True
+    num_timesteps: int = option(
+        4000, "diffusion steps T (the paper: 1000 or 4000)", flag="diffusion-steps"
+    )
+    schedule: str = option("cosine", "noise schedule (docs/paper.md P4/P5)", choices=SCHEDULES)
+    mean_type: str = option("epsilon", "what the network predicts", choices=MEAN_TYPES)
+    var_type: str = option(
+        "learned-range",
+        "reverse-process variance: learned range (the paper), or fixed beta-tilde/beta",
+        choices=VAR_TYPES,
+        flag="sigma",
+    )
+    loss: str = option(
+        "hybrid",
+        "objective: hybrid = L_simple + 0.001 L_vlb (the paper), simple, or vlb",
+        choices=LOSSES,
+    )
+    vlb_weight: float = option(0.001, "lambda of the hybrid loss")
+    timestep_sampler: str = option(
+        "uniform",
+        "timestep sampling: uniform, or importance (p_t ~ sqrt(E[L_t^2]))",
+        choices=TIMESTEP_SAMPLERS,
+    )
+    rescale_timesteps: bool = option(True, "feed the network t scaled to [0, 1000)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
@@ -132,7 +161,7 @@ class DiffusionConfig(_Serializable):
 
 @dataclass(frozen=True)
 class UNetConfig(_Serializable):
-    """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
+    """The paper's UNet (docs/paper.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
     downsampling rates. `null_class`: the class embedding has one more row, index
@@ -146,21 +175,33 @@ class UNetConfig(_Serializable):
     learned), on its own in_channels; an explicit value must agree with that rule.
     """
 
-    image_size: int = 32
-    in_channels: int = 3
-    model_channels: int = 128
-    out_channels: int | None = None
-    num_res_blocks: int = 3
-    attention_resolutions: tuple[int, ...] = (16, 8)
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_heads: int = 4
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = True
-    num_classes: int | None = None
-    null_class: bool = False
-    conv_resample: bool = True
-    num_groups: int = 32
-    classifier: bool = False
+    image_size: int = option(32, "image resolution in pixels")
+    in_channels: int = option(3, "image channels (1 grayscale, 3 RGB)")
+    model_channels: int = option(128, "base channel count of the UNet")
+    out_channels: int | None = option(
+        None,
+        "network output channels (default: derived, 2x image channels when the variance "
+        "is learned)",
+    )
+    num_res_blocks: int = option(3, "residual blocks per resolution")
+    attention_resolutions: tuple[int, ...] = option(
+        (16, 8), "feature-map sizes with self-attention, e.g. 16,8"
+    )
+    channel_mult: tuple[int, ...] = option(
+        (1, 2, 2, 2), "channel multiplier per resolution, e.g. 1,2,2,2"
+    )
+    num_heads: int = option(4, "attention heads")
+    dropout: float = option(0.0, "dropout in residual blocks")
+    use_scale_shift_norm: bool = option(True, "apply the timestep embedding as scale and shift")
+    num_classes: int | None = option(None, "classes for class-conditional models")
+    null_class: bool = option(
+        False, "give the class embedding a learned null-class row (set by --class-dropout)"
+    )
+    conv_resample: bool = option(True, "convolutional up/down-sampling")
+    num_groups: int = option(32, "GroupNorm groups")
+    classifier: bool = option(
+        False, "the network is a noise-aware classifier (set by iddpm train-classifier)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "model_channels"):
@@ -225,31 +266,52 @@ class TrainConfig(_Serializable):
     steps (as the authors' `--lr_anneal_steps`). `grad_checkpoint` recomputes each UNet
     block's activations in the backward pass (less memory, ~a third more compute)."""
 
-    data: str = "digits"
-    class_cond: bool = False
-    class_dropout: float = 0.0
-    random_flip: bool = True
-    batch_size: int = 128
-    microbatch: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    ema_rates: tuple[float, ...] = (0.9999,)
-    ema_warmup: bool = False
-    grad_clip: float = 0.0
-    lr_anneal_steps: int = 0
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    grad_checkpoint: bool = False
-    steps: int = 500_000
-    log_every: int = 100
-    sample_every: int = 0
-    checkpoint_every: int = 10_000
-    keep_checkpoints: int = 3
-    seed: int = 0
-    init_from: str = ""
-    init_weights: str = "ema"
+    data: str = option("digits", "data: digits | DIR | FILE.npz | cifar10:DIR")
+    class_cond: bool = option(False, "train a class-conditional model (labels from the data)")
+    class_dropout: float = option(
+        0.0,
+        "replace each label by the null class with this probability (0.1: classifier-free "
+        "guidance; 0: off)",
+    )
+    random_flip: bool = option(True, "random horizontal flips")
+    batch_size: int = option(128, "global batch size (all ranks together)")
+    microbatch: int = option(0, "per-rank micro-batch (0: no split)")
+    lr: float = option(1e-4, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps")
+    ema_rates: tuple[float, ...] = option((0.9999,), "EMA rates, e.g. 0.9999 or 0.999,0.9999")
+    ema_warmup: bool = option(False, "cap the EMA rate at (1+k)/(10+k) at step k (for short runs)")
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)")
+    lr_anneal_steps: int = option(0, "decay the learning rate linearly to 0 over N steps (0: off)")
+    precision: str = option(
+        "auto",
+        "auto (bf16 autocast where the hardware runs bf16 natively: CUDA >= 8.0, CPUs with "
+        "AVX512-BF16/AMX; else fp32), fp32, bf16, or fp16 with loss scaling (GPU)",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = option(False, "channels_last memory format")
+    compile: bool = option(False, "torch.compile the model (slow to start)")
+    grad_checkpoint: bool = option(
+        False,
+        "recompute each UNet block's activations in the backward pass (less memory, about "
+        "a third more compute)",
+    )
+    steps: int = option(500_000, "training steps")
+    log_every: int = option(100, "steps between metric lines")
+    sample_every: int = option(0, "steps between sample grids (0: off)")
+    checkpoint_every: int = option(10_000, "steps between checkpoints")
+    keep_checkpoints: int = option(3, "checkpoints to keep")
+    seed: int = option(0, "random seed")
+    init_from: str = option(
+        "",
+        "fine-tune: start from the weights of this run directory or checkpoint (also a converted "
+        "reference checkpoint); fresh optimizer",
+    )
+    init_weights: str = option(
+        "ema",
+        "which weights --init-from takes: the slowest EMA, or the raw weights",
+        choices=INIT_WEIGHTS,
+    )
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -432,3 +494,16 @@ _SUBCONFIGS: dict[tuple[str, str], type[_Serializable]] = {
     ("ExperimentConfig", "model"): UNetConfig,
     ("ExperimentConfig", "train"): TrainConfig,
 }
+
+
+def differences(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, str, Any, Any]]:
+    """The fields where two experiment configs disagree, as (section, field, a's value,
+    b's value) in declaration order; [] when they are equal. Values are JSON-safe (tuples
+    as lists), as `to_dict` gives them."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        (section, name, value, db[section].get(name))
+        for section, fields in da.items()
+        for name, value in fields.items()
+        if value != db[section].get(name)
+    ]

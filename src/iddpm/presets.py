@@ -2,7 +2,7 @@
 (digits, and digits-cond: class-conditional with class dropout, for guidance).
 
 Each preset is a full `ExperimentConfig`; CLI flags override single fields on top of it.
-The "-vlb" variants train L_vlb with importance-sampled timesteps (PAPER.md P13), the
+The "-vlb" variants train L_vlb with importance-sampled timesteps (docs/paper.md P13), the
 paper's best-likelihood setting.
 """
 
@@ -53,7 +53,7 @@ def _digits_cond() -> ExperimentConfig:
 
 
 def _cifar10() -> ExperimentConfig:
-    # The paper's CIFAR-10 model (PAPER.md, "The network"): 128 channels, 3 res blocks,
+    # The paper's CIFAR-10 model (docs/paper.md, "The network"): 128 channels, 3 res blocks,
     # dropout 0.3, T = 4000 cosine, learned range, L_hybrid, lr 1e-4, batch 128, EMA 0.9999.
     return ExperimentConfig(
         diffusion=DiffusionConfig(num_timesteps=4000, schedule="cosine"),

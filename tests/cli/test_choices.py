@@ -48,3 +48,20 @@ def test_every_sampler_and_option_is_offered(command: str) -> None:
     assert all(name in text for name in registry.names())
     flags = {o for p in params for o in p.opts}
     assert {f"--{k.replace('_', '-')}" for k in registry.cli_options()} <= flags
+
+
+@pytest.mark.parametrize("section", [config.DiffusionConfig, config.UNetConfig, config.TrainConfig])
+def test_every_config_field_declares_its_flag_help_and_choices(section) -> None:
+    import dataclasses
+
+    params = {p.name: p for p in cli.commands["train"].params}
+    for f in dataclasses.fields(section):
+        assert f.metadata.get("help"), f"{section.__name__}.{f.name} has no help"
+        param = params[
+            f"{section.__name__.removesuffix('Config').lower().replace('unet', 'model')}__{f.name}"
+        ]
+        assert (param.help or "").startswith(f.metadata["help"])
+        if "choices" in f.metadata:
+            assert tuple(param.type.choices) == f.metadata["choices"]
+            with pytest.raises(ValueError, match="choose one of"):
+                section(**{f.name: "no-such-choice"})

@@ -1,4 +1,4 @@
-"""Step specs, strided processes and the model adapter (PAPER.md P14, P15)."""
+"""Step specs, strided processes and the model adapter (docs/paper.md P14, P15)."""
 
 from __future__ import annotations
 

@@ -122,9 +122,16 @@ def sweep(
       --nll-images 200 --optimal-steps
     """
     names = tuple(s.strip() for s in samplers.split(",") if s.strip())
+    if not names:
+        raise ValueError(
+            f"--samplers {samplers!r} names no sampler; give a comma list, e.g. --samplers "
+            "ancestral,ddim (`iddpm sweep --help` lists the registered ones)"
+        )
     for key in ("guidance_scales", "classifier_scales"):
         values[key] = _floats(values[key], "--" + key.replace("_", "-"))
     specs = step_specs if nfe is None else tuple(s.strip() for s in nfe.split(",") if s.strip())
+    if not specs:
+        raise ValueError(f"--nfe {nfe!r} names no budget; give a comma list, e.g. --nfe 5,10,20")
     options = split_options(names, pop_sampler_options(values))
     stats = pop_stats_config(values, seed=values["seed"])
     job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options,

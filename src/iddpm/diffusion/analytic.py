@@ -1,7 +1,7 @@
 """Analytic-DPM (Bao et al. 2022): the optimal reverse variance from the model's own ε.
 
 For the ancestral reverse step of a process with K steps (code index i = paper's n − 1,
-PAPER.md's convention; the process may be strided), Bao et al.'s Theorem 1 with
+docs/paper.md's convention; the process may be strided), Bao et al.'s Theorem 1 with
 λ_n² = β̃_n gives the isotropic variance that minimises the bound given the model's mean:
 
     σ_n² = β̃_n + coef1_n² · v_n,   v_n = (β̄_n/ᾱ_n)(1 − Γ_n),   Γ_n = E_q ‖ε_θ(x_n, n)‖²/d,

@@ -1,4 +1,4 @@
-"""The sampler registry: a name → one sampler loop and its typed options (DESIGN.md §2).
+"""The sampler registry: a name → one sampler loop and its typed options (docs/design.md §2).
 
 Configs and commands name a sampler; nobody branches on it. Every entry's loop has the one
 sampler signature of `samplers.py`:
@@ -265,20 +265,6 @@ def with_statistics(name: str, options: Any, values: Mapping[str, Any]) -> Any:
         fields[s]: tuple(torch.as_tensor(values[s]).reshape(-1).tolist()) for s in entry.statistics
     }
     return dataclasses.replace(options, **updates)
-
-
-def labels() -> dict[str, str]:
-    """name -> how reports name each registered sampler."""
-    return {name: entry.label for name, entry in _REGISTRY.items()}
-
-
-def with_bound(sigma: str | None = None) -> tuple[str, ...]:
-    """The samplers whose K-step process has a bound (with reverse variance `sigma`, or any)."""
-    return tuple(
-        n
-        for n, e in _REGISTRY.items()
-        if e.bound_sigma is not None and sigma in (None, e.bound_sigma)
-    )
 
 
 def options_dict(options: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Strided processes (PAPER.md P14, P15) and the model adapter that maps timesteps.
+"""Strided processes (docs/paper.md P14, P15) and the model adapter that maps timesteps.
 
 A strided process keeps a subsequence S of the base steps and rebuilds β from ᾱ at the
 kept steps; the model still sees the *original* step indices (optionally rescaled to

@@ -1,4 +1,4 @@
-"""Samplers: one loop generator per family, all sharing one signature (PAPER.md P6–P8, P15).
+"""Samplers: one loop generator per family, all sharing one signature (docs/paper.md P6–P8, P15).
 
 - `ancestral_steps`: p_θ(x_{t−1} | x_t) = N(μ_θ, Σ_θ), fixed or learned Σ (P6–P8).
 - `ddim_steps`: DDIM(η) of Song et al. 2021 (P15); η = 0 is deterministic.

@@ -3,7 +3,7 @@ guidance_scale, classifier, classifier_scale) checked against the model and turn
 one model-function transform (diffusion/guidance.py) that the sampling plan applies after
 the respacing adapter, so every sampler of the registry is guided.
 
-Checks, all before any work (DESIGN.md §4): classifier-free guidance (W != 1) needs a
+Checks, all before any work (docs/design.md §4): classifier-free guidance (W != 1) needs a
 class-conditional model trained with class dropout (its null class); a classifier must be
 a run of `iddpm train-classifier` with the model's image size, channels, diffusion
 process (T, schedule, timestep scaling) and, for a conditional model, its classes.

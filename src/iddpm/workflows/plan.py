@@ -146,14 +146,6 @@ class SamplingPlan:
         """Network calls and rows per sample, and how the samples are guided."""
         return guidance_summary(self.request, self.calls, self.entry.ode)
 
-    def with_request(self, **changes: Any) -> SamplingPlan:
-        """The plan of the same model and context for a changed request."""
-        request = self.request.replace(**changes)
-        same = request.classifier == self.request.classifier
-        return SamplingPlan(
-            self.loaded, request, self.ctx, self.transforms, self.classifier if same else None
-        )
-
     # ---- the work
     def prepare(self) -> SamplingPlan:
         """Estimate (or read) the sampler's statistics, then compose the model function

@@ -1,7 +1,7 @@
-"""The training job: data → trainer → checkpoints (DESIGN.md §2: data yields batches, train
+"""The training job: data → trainer → checkpoints (docs/design.md §2: data yields batches, train
 consumes them; this is the one module that wires the two together).
 
-Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state
+Order of work, so that a failure writes nothing (docs/design.md §4): the run directory's state
 and permissions, the data, the model and trainer, the checkpoint to resume from are all
 checked first; only then does the run write: the metrics log cut back to the checkpoint's
 step (a fresh start drops the lines of a run killed before its first save), checkpoints
@@ -94,23 +94,20 @@ def read_config_file(path: Path, what: str) -> ExperimentConfig:
         ) from None
 
 
-def base_config(
-    preset: str | None, config_file: Path | None, run_dir: Path, resume: bool
-) -> ExperimentConfig:
-    """What command-line flags override: the run's own config on --resume, else --config,
-    else the preset (default DEFAULT_PRESET). A resumed run continues its own config, so
-    --preset and --config are refused with it rather than ignored."""
-    if resume:
-        given = [f for f, v in (("--preset", preset), ("--config", config_file)) if v is not None]
-        if given:
-            raise ValueError(
-                f"--resume continues the run's own config; drop {' and '.join(given)} "
-                "(flags such as --steps may still change it)"
-            )
-        return run_config(run_dir)
+def start_config(preset: str | None, config_file: Path | None) -> ExperimentConfig:
+    """The config a new run starts from: --config, else the preset (default DEFAULT_PRESET)."""
     if config_file is not None:
         return read_config_file(config_file, "--config")
     return get_preset(preset or DEFAULT_PRESET)
+
+
+def base_config(
+    preset: str | None, config_file: Path | None, run_dir: Path, resume: bool
+) -> ExperimentConfig:
+    """What command-line flags override: the run's own config on --resume, else
+    `start_config`. (On --resume a --preset/--config is only checked against the run's
+    config, by the command: `iddpm train`'s `check_agrees`.)"""
+    return run_config(run_dir) if resume else start_config(preset, config_file)
 
 
 def run_config(run: Path) -> ExperimentConfig:
