@@ -29,63 +29,43 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import result_header
-from iddpm.build import load_model, spaced
+from iddpm.build import load_model
 from iddpm.config import EvalConfig, SampleConfig
 from iddpm.data.spec import load_dataset
-from iddpm.diffusion import registry
-from iddpm.diffusion.guidance import classifier_free, rows_per_call
-from iddpm.diffusion.samplers import per_sample_generators
-from iddpm.generate import class_labels
+from iddpm.diffusion.guidance import classifier_free
+from iddpm.generate import Samples
 from iddpm.workflows.classify import ClassifyJob, classify_to_files
+from iddpm.workflows.context import JobContext
 from iddpm.workflows.guidance import (
     class_rows,
-    guidance_transform,
     load_classifier,
-    requested_class_accuracy,
 )
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.quality import extractor_for, reference, score
 
 
-def draw(loaded, transform, args: argparse.Namespace, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def draw(loaded, request: SampleConfig, args, seed: int, transforms=(), clf=None) -> Samples:
     """args.num class-balanced samples of `seed` (sample i: class i mod K, noise from
-    (seed, i)) with the transformed model function; uint8 NHWC images and labels."""
-    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
-    model_fn = transform(adapter) if transform is not None else adapter
-    mcfg = loaded.config.model
-    labels = class_labels(range(args.num), mcfg.num_classes, None)
-    options = registry.make_options(args.sampler)
-    out = []
-    for lo in range(0, args.num, args.batch):
-        idx = list(range(lo, min(lo + args.batch, args.num)))
-        with torch.no_grad():
-            x = registry.sample(
-                args.sampler,
-                model_fn,
-                diffusion,
-                options=options,
-                shape=(len(idx), mcfg.in_channels, mcfg.image_size, mcfg.image_size),
-                generator=per_sample_generators(seed, idx),
-                model_kwargs={"y": torch.as_tensor(labels[lo : lo + len(idx)])},
-            )
-        out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
-    return torch.cat(out).numpy(), labels
+    (seed, i)) through the sampling plan: the request's guidance, then `transforms`."""
+    request = request.replace(
+        num=args.num, seed=seed, steps=args.steps, sampler=args.sampler, batch_size=args.batch
+    )
+    plan = SamplingPlan(loaded, request, JobContext(args.device), transforms, classifier=clf)
+    return plan.draw(range(args.num))
 
 
-def cell(loaded, transform, extractor, ref, args, meta: dict) -> dict:
+def cell(loaded, request, extractor, ref, args, meta: dict, transforms=(), clf=None) -> dict:
     """Scores of one guidance setting, per seed and their mean."""
     per_seed = []
     for seed in args.seeds:
         start = time.perf_counter()
-        images, labels = draw(loaded, transform, args, seed)
+        samples = draw(loaded, request, args, seed, transforms, clf)
         seconds = time.perf_counter() - start
-        s = score(images, extractor, ref)
-        probs = extractor.predict_proba(images)
-        s["class_accuracy"] = requested_class_accuracy(probs, labels)
+        s = score(samples.images, extractor, ref, labels=samples.labels)
         s["sample_seconds"] = round(seconds, 1)
         per_seed.append(s)
     keys = ("fid", "precision", "recall", "class_accuracy", "sample_seconds")
@@ -99,37 +79,31 @@ def cell(loaded, transform, extractor, ref, args, meta: dict) -> dict:
 
 
 def guidance_rows(loaded, clf, extractor, ref, args) -> list[dict]:
-    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
-    ode = getattr(registry.get(args.sampler), "ode", False)  # the registry's kind
-    entry = registry.get(args.sampler)
-    k = getattr(entry, "calls", lambda n: n)(diffusion.num_timesteps)  # network calls
+    def cost(request: SampleConfig) -> dict:
+        plan = SamplingPlan(loaded, request.replace(steps=args.steps, sampler=args.sampler),
+                            classifier=clf)  # fmt: skip
+        return {k: v for k, v in plan.cost().items() if k != "classifier"}
+
     rows = []
     for w in args.scales:
         request = SampleConfig(guidance_scale=w)
-        transform = guidance_transform(loaded, request, diffusion, adapter, ode)
-        meta = {
-            "kind": "classifier-free",
-            "scale": w,
-            "network_rows_per_sample": k * rows_per_call(w),
-        }
-        rows.append(cell(loaded, transform, extractor, ref, args, meta))
-    if args.variance_scale is not None:  # the other branch's Σ
+        meta = {"kind": "classifier-free", "scale": w, **cost(request)}
+        rows.append(cell(loaded, request, extractor, ref, args, meta))
+    if args.variance_scale is not None:  # the other branch's Σ, as an extra transform
         null = loaded.config.model.num_classes
 
         def null_variance(fn):
             return classifier_free(fn, args.variance_scale, null, variance_from="null")
 
         meta = {"kind": "classifier-free, null-branch variance", "scale": args.variance_scale,
-                "network_rows_per_sample": 2 * k}  # fmt: skip
-        rows.append(cell(loaded, null_variance, extractor, ref, args, meta))
+                **cost(SampleConfig(guidance_scale=args.variance_scale))}  # fmt: skip
+        rows.append(cell(loaded, SampleConfig(), extractor, ref, args, meta, [null_variance]))
     for s in args.classifier_scales if clf is not None else ():
         request = SampleConfig(
             guidance_scale=0.0, classifier=str(args.classifier), classifier_scale=s
         )
-        transform = guidance_transform(loaded, request, diffusion, adapter, ode, clf)
-        meta = {"kind": "classifier (null-label model)", "scale": s, "network_rows_per_sample": k,
-                "classifier_calls_per_sample": k}  # fmt: skip
-        rows.append(cell(loaded, transform, extractor, ref, args, meta))
+        meta = {"kind": "classifier (null-label model)", "scale": s, **cost(request)}
+        rows.append(cell(loaded, request, extractor, ref, args, meta, clf=clf))
     return rows
 
 
@@ -207,12 +181,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def class_grid(loaded, args) -> str:
     """10 samples per class at scale args.grid_scale, one row per class, as a PNG."""
-    diffusion, adapter = spaced(loaded.model, loaded.config.diffusion, args.steps)
-    request = SampleConfig(guidance_scale=args.grid_scale)
-    transform = guidance_transform(loaded, request, diffusion, adapter, False)
     grid_args = argparse.Namespace(**{**vars(args), "num": 100})
-    images, labels = draw(loaded, transform, grid_args, seed=0)
-    return str(save_image_grid(args.grid, class_rows(images, labels), nrow=10, scale=6))
+    samples = draw(loaded, SampleConfig(guidance_scale=args.grid_scale), grid_args, seed=0)
+    rows = class_rows(samples.images, samples.labels)
+    return str(save_image_grid(args.grid, rows, nrow=10, scale=6))
 
 
 def targets(rows: list[dict], clf: dict | None) -> dict:
