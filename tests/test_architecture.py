@@ -78,6 +78,13 @@ ALLOWED: dict[str, set[str]] = {
     "train.rules": set(),
     "train.precision": set(),
     "train.interrupt": {"distributed"},
+    "train.evaluate": {
+        "diffusion.likelihood_mc",
+        "diffusion.respace",
+        "diffusion.samplers",
+        "distributed",
+    },
+    "train.tensorboard": set(),
     "train.trainer": {
         "diffusion.gaussian",
         "diffusion.respace",

@@ -45,6 +45,7 @@ SWEEP_DIR = "sweep"
 LEADERBOARD_DIR = "leaderboard"  # the demo's sweep
 CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
 LATEST = "latest"
+BEST = "best.pt"  # --keep-best: the checkpoint with the best held-out bound
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _EARLIER = "use an earlier checkpoint of the run (delete this one and the run falls back to it)"
 
@@ -114,9 +115,11 @@ def save_checkpoint(
     cfg: ExperimentConfig,
     step: int,
     keep: int = 3,
+    name: str | None = None,
 ) -> Path:
     """Write `state` (plus format_version, config, step) as checkpoints/step_<step>.pt,
-    point `latest` at it and delete all but the newest `keep` checkpoints.
+    point `latest` at it and delete all but the newest `keep` checkpoints. With `name`
+    (e.g. BEST) it is written as checkpoints/<name> instead, outside that rotation.
 
     Raises TypeError (one line) when `state` holds anything but tensors and JSON-like
     values, before touching the disk. Returns the checkpoint path.
@@ -128,8 +131,10 @@ def save_checkpoint(
     _check_plain(payload, "checkpoint")
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run.checkpoints)
-    path = run.checkpoint_path(step)
+    path = run.checkpoints / name if name else run.checkpoint_path(step)
     atomic_write(path, lambda f: torch.save(payload, f))
+    if name:
+        return path
     atomic_write(run.checkpoints / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
     _apply_retention(run.checkpoints, keep, protect=path.name)
     return path

@@ -22,6 +22,7 @@ MC_METHODS = ("log-stratified", "stratified", "importance")
 # The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
 EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
 INIT_WEIGHTS = ("ema", "raw")
+LOGGERS = ("jsonl", "tensorboard")
 SPLITS = ("train", "test")  # the data splits every data source has
 
 T = TypeVar("T")
@@ -260,6 +261,16 @@ class TrainConfig(_Serializable):
     null class with probability P (Ho & Salimans 2022), so one network learns p(x | y) and
     p(x) for classifier-free guidance; P > 0 gives the model its null class row.
 
+    Periodic evaluation (train/evaluate.py; 0 = off): every `eval_every` steps the
+    Monte-Carlo bits/dim (`eval_timesteps` log-stratified steps per image) of
+    `eval_images` held-out images (`eval_data`, "" = the test split of `data`) and of as
+    many training images, with the slowest EMA and the same noise every time; every
+    `fid_every` steps the FID of `fid_samples` samples of `fid_sampler` at `fid_steps`.
+    `overfit_patience`: evaluations in a row with a rising held-out bound (and a falling
+    training one) before the overfitting warning; `keep_best`: keep the checkpoint with
+    the best held-out bound as checkpoints/best.pt; `log`: "tensorboard" also writes
+    TensorBoard events to RUN/tensorboard (the optional extra `iddpm[tensorboard]`).
+
     `precision` "auto" (the default) trains in bf16 autocast where the device runs bf16
     natively and in fp32 elsewhere (rule: `iddpm.train.precision.native_bf16`); fp16 with
     loss scaling is opt-in. `lr_anneal_steps` N > 0 decays the lr linearly to 0 over N
@@ -312,6 +323,35 @@ class TrainConfig(_Serializable):
         "which weights --init-from takes: the slowest EMA, or the raw weights",
         choices=INIT_WEIGHTS,
     )
+    eval_every: int = option(
+        0,
+        "steps between evaluations of the held-out and training bits/dim (Monte-Carlo, EMA "
+        "weights, the same noise each time; 0: off)",
+    )
+    eval_images: int = option(
+        256, "images of the held-out set, and of the training subset, per evaluation"
+    )
+    eval_timesteps: int = option(16, "log-stratified timesteps per image of the Monte-Carlo bound")
+    eval_data: str = option("", "held-out data SPEC (default: the test split of --data)")
+    fid_every: int = option(0, "steps between FIDs of samples during training (0: off)")
+    fid_samples: int = option(256, "samples per FID during training")
+    fid_sampler: str = option(
+        "ancestral", "sampler of the FID samples during training (any registered sampler)"
+    )
+    fid_steps: str = option("25", "step spec of the FID samples during training, e.g. 25 or ddim50")
+    overfit_patience: int = option(
+        3,
+        "evaluations in a row with a rising held-out bound (training bound falling) before the "
+        "overfitting warning",
+    )
+    keep_best: bool = option(
+        False, "keep the checkpoint with the best held-out bound as checkpoints/best.pt"
+    )
+    log: str = option(
+        "jsonl",
+        "also log to TensorBoard (RUN/tensorboard; pip install 'iddpm[tensorboard]')",
+        choices=LOGGERS,
+    )
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -340,6 +380,26 @@ class TrainConfig(_Serializable):
             raise ValueError(
                 f"class_dropout must be a probability in [0, 1), got {p!r}; 0.1 is usual "
                 "for classifier-free guidance"
+            )
+        self._check_evaluation()
+
+    def _check_evaluation(self) -> None:
+        _positive("eval_every", self.eval_every, allow_zero=True)
+        _positive("eval_images", self.eval_images)
+        _positive("fid_every", self.fid_every, allow_zero=True)
+        _positive("overfit_patience", self.overfit_patience)
+        _choice("logger (--log)", self.log, LOGGERS)
+        if self.eval_timesteps < 2:
+            raise ValueError(
+                f"eval_timesteps must be >= 2 (its standard error needs two), got "
+                f"{self.eval_timesteps!r}"
+            )
+        if self.fid_samples < 2:
+            raise ValueError(f"fid_samples must be >= 2 for a covariance, got {self.fid_samples!r}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError(
+                "--keep-best keeps the checkpoint with the best held-out bound; turn the "
+                "evaluation on with --eval-every N"
             )
 
 

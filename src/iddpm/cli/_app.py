@@ -11,6 +11,7 @@ from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
 from iddpm.cli.prepare import prepare_data
+from iddpm.cli.report import report
 from iddpm.cli.sample import sample
 from iddpm.cli.steps import steps
 from iddpm.cli.sweep import sweep
@@ -24,7 +25,7 @@ def cli() -> None:
     """Improved DDPM: train, sample, measure bits/dim and FID."""
 
 
-for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert):
+for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert, report):
     cli.add_command(command)
 cli.add_command(train_classifier_command)
 cli.add_command(classify)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from iddpm.cli._command import job_command
 from iddpm.cli.options import apply_overrides, changed_fields, experiment_options, flag_name
 from iddpm.config import ExperimentConfig, differences
 from iddpm.presets import PRESETS
+from iddpm.workflows.monitor import OverfittingWarning, drop_unsupported_defaults
 from iddpm.workflows.train import DEFAULT_PRESET, TrainJob, base_config, start_config
 from iddpm.workflows.train import train as train_job
 
@@ -76,14 +78,29 @@ def train(
             "its own checkpoint: drop --init-from, or train a new --run-dir"
         )
     cfg = apply_overrides(base_config(preset, config_file, run_dir, resume), values)
+    explicit = set(changed_fields(values))
+    if not resume:  # a preset's evaluation that this data cannot have is dropped, not refused
+        cfg = drop_unsupported_defaults(cfg, explicit)
     if resume and (preset is not None or config_file is not None):
         given = apply_overrides(start_config(preset, config_file), values)
+        given = drop_unsupported_defaults(given, explicit)  # as when the run started
         source = f"--preset {preset}" if config_file is None else f"--config {config_file}"
         check_agrees(given, cfg, source)
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return {"config": cfg.to_dict(), "overrides": changed_fields(values)}
-    return train_job(TrainJob(cfg, run_dir, resume, max_minutes), device, progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", OverfittingWarning)
+        shown = warnings.showwarning
+
+        def one_line(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, OverfittingWarning):  # one line, as every CLI message
+                click.echo(f"iddpm: warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = one_line
+        return train_job(TrainJob(cfg, run_dir, resume, max_minutes), device, progress)
 
 
 def check_agrees(given: ExperimentConfig, run: ExperimentConfig, source: str) -> None:

@@ -10,6 +10,7 @@ at several classifier-free guidance scales and shows a grid with one row per cla
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,16 +28,19 @@ from iddpm.presets import get_preset
 from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.demo_report import write_demo_report
 from iddpm.workflows.guidance import class_rows
+from iddpm.workflows.monitor import drop_unsupported_defaults
 from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.run_report import ReportJob, run_report
 from iddpm.workflows.runs import check_new_run
 from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
+AUDIT_IMAGES = 200  # training images of the report's learned-Σ audit (its network calls)
 LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
 
 
@@ -63,18 +67,22 @@ class DemoJob:
 
 def demo_config(job: DemoJob) -> ExperimentConfig:
     """The digits preset (or `job.preset`, e.g. digits-cond) with the demo's step cap,
-    seed and logging."""
+    seed and logging; its periodic evaluation and a grid every 1,000 steps feed the
+    training report (what a smaller --diffusion-steps cannot have is dropped, as for
+    `iddpm train`)."""
     base = get_preset(job.preset)
     if base.train.data != "digits":
         raise ValueError(
             f"--preset {job.preset} does not train on the bundled digits; the demo runs "
             "digits or digits-cond (class-conditional, with guidance)"
         )
-    train_cfg = base.train.replace(steps=job.max_steps, seed=job.seed, sample_every=0, log_every=20)
+    train_cfg = base.train.replace(
+        steps=job.max_steps, seed=job.seed, sample_every=1000, log_every=20
+    )
     diffusion = base.diffusion.replace(
         num_timesteps=job.diffusion_steps or base.diffusion.num_timesteps
     )
-    return base.replace(train=train_cfg, diffusion=diffusion)
+    return drop_unsupported_defaults(base.replace(train=train_cfg, diffusion=diffusion), set())
 
 
 def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
@@ -168,7 +176,14 @@ def run_demo(
     headline["leaderboard_fid"] = {
         f"{r['sampler']}_{r['steps']}": r["fid"] for r in board.get("rows", [])
     }
-    headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline, board, cond))
+    stats = dataclasses.replace(job.stats, num_images=min(job.stats.num_images, AUDIT_IMAGES))
+    training = None  # a run shorter than one logging interval has no curves to report
+    if run_dir(job.run_dir).metrics_path.is_file():
+        training = run_report(ReportJob(job.run_dir, stats=stats), device, progress)
+    headline["training_report"] = training["report"] if training else None
+    headline["report"] = str(
+        write_demo_report(job, cfg, trained, sets, nll, headline, board, training, cond=cond)
+    )
     headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(job.run_dir / RESULT_FILE, headline)
     return headline

@@ -47,8 +47,9 @@ from iddpm.train.rules import split_batch
 from iddpm.train.trainer import Trainer
 from iddpm.workflows.context import JobContext
 from iddpm.workflows.data import data_for_model
+from iddpm.workflows.monitor import build_evaluator, check_monitoring, make_loggers
 from iddpm.workflows.plan import SamplingPlan
-from iddpm.workflows.plots import save_image_grid
+from iddpm.workflows.plots import image_grid, save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import (
     check_new_run,
@@ -150,6 +151,8 @@ def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int =
         if distributed.is_main():
             path = run_dir(run).samples / f"grid_{trainer.step_count:08d}.png"
             save_image_grid(path, samples.images)
+            for logger in trainer.loggers:
+                logger.image("samples", image_grid(samples.images), trainer.step_count)
 
     return hook
 
@@ -186,6 +189,7 @@ def build_trainer(
         hooks=[] if cfg.model.classifier else [grid_hook(cfg, run, device)],
         device=device,
         losses=classifier_losses if cfg.model.classifier else None,
+        evaluator=None if cfg.model.classifier else build_evaluator(cfg, run, device),
         **kwargs,
     )
     return trainer, len(ds)
@@ -200,6 +204,7 @@ def _check_job(job: TrainJob) -> None:
             raise ValueError("--steps 0 trains nothing; give the number of steps to train")
         check_new_run(run)
     check_run_writable(run)
+    check_monitoring(job.config)
 
 
 def _cut_metrics(run: Path, step: int) -> None:
@@ -247,6 +252,7 @@ def train(
         use_inductor_cache(run_dir(run).cache("inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
+        trainer.loggers = tuple(make_loggers(cfg, run, trainer.step_count if job.resume else None))
     bar_total = max_seconds if max_seconds else cfg.train.steps
     unit = "s" if max_seconds else "step"
     with progress("train", bar_total, unit) as bar:
@@ -261,6 +267,9 @@ def train(
             if distributed.is_main():
                 _cut_metrics(run, _last_saved_step(run))
             raise
+        finally:
+            for logger in trainer.loggers:
+                logger.close()
     summary = {**summary, "run_dir": str(run), "num_train_images": num_images}
     if distributed.is_main():
         write_json(run / RESULT_FILE, summary)
