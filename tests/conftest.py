@@ -175,3 +175,61 @@ def pixelwise_loaded_model(num_timesteps: int = 20):
     from iddpm.build import LoadedModel
 
     return LoadedModel(tiny_experiment(num_timesteps), PixelwiseModel(), Path("pixelwise"))
+
+
+def mixture_posterior(diffusion: GaussianDiffusion, mus, s: float, priors, x_t, t):
+    """For x0 | y ~ N(mus[y], s² I) with p(y) = priors[y] (one class per image): the
+    class logits log p(y) + log q(x_t | y) up to a shared constant [N, K], and the
+    per-class E[x0 | x_t, y] [K, N, ...] and Var[x0 | x_t, y] (a scalar per row), float64."""
+    at = _tables(diffusion, t, x_t)
+    abar = at("alphas_cumprod")
+    xt = x_t.to(torch.float64)
+    v = abar * s**2 + (1.0 - abar)  # q(x_t | y) = N(√ᾱ μ_y, v I)
+    mu = torch.as_tensor(mus, dtype=torch.float64, device=x_t.device).reshape(-1, 1, 1, 1, 1)
+    dims = tuple(range(1, xt.ndim))
+    sq = ((xt.unsqueeze(0) - abar.sqrt() * mu) ** 2).sum(dim=tuple(d + 1 for d in dims))
+    logp = torch.log(torch.as_tensor(priors, dtype=torch.float64, device=x_t.device))
+    logits = logp.unsqueeze(1) - sq / (2.0 * v.reshape(1, -1))  # [K, N]
+    x0_mean = mu + abar.sqrt() * s**2 * (xt.unsqueeze(0) - abar.sqrt() * mu) / v
+    x0_var = s**2 * (1.0 - abar) / v
+    return logits.T, x0_mean, x0_var
+
+
+def mixture_oracle(diffusion: GaussianDiffusion, mus, s: float, priors=None):
+    """Exact denoiser for the class mixture x0 | y ~ N(mus[y], s² I): model_fn(x_t, t, y)
+    is the class-conditional one for y < K and the unconditional one (the label-marginal
+    posterior) for y = K (the null class of classifier-free guidance) or no y."""
+    k = len(mus)
+    priors = priors if priors is not None else [1.0 / k] * k
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor, y=None, **_: object) -> torch.Tensor:
+        logits, m, var = mixture_posterior(diffusion, mus, s, priors, x_t, t)
+        w = torch.softmax(logits, dim=1).T.reshape(k, -1, *[1] * (x_t.ndim - 1))  # p(y | x_t)
+        unc_mean = (w * m).sum(0)
+        unc_var = (w * (var + m**2)).sum(0) - unc_mean**2
+        if y is None:
+            return _format_output(diffusion, x_t, t, unc_mean, unc_var)
+        yy = y.to(x_t.device).long()
+        cond = yy < k
+        pick = yy.clamp(max=k - 1)
+        rows = torch.arange(x_t.shape[0], device=x_t.device)
+        c_mean = m[pick, rows]
+        c_var = var.expand_as(c_mean)
+        sel = cond.reshape(-1, *[1] * (x_t.ndim - 1))
+        x0_mean = torch.where(sel, c_mean, unc_mean)
+        x0_var = torch.where(sel, c_var, unc_var.expand_as(c_mean))
+        return _format_output(diffusion, x_t, t, x0_mean, x0_var)
+
+    return model_fn
+
+
+def mixture_classifier(diffusion: GaussianDiffusion, mus, s: float, priors=None):
+    """The exact noise-aware classifier of the mixture: logits of p(y | x_t) [N, K]
+    (differentiable in x_t)."""
+    k = len(mus)
+    priors = priors if priors is not None else [1.0 / k] * k
+
+    def classifier_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return mixture_posterior(diffusion, mus, s, priors, x_t, t)[0]
+
+    return classifier_fn

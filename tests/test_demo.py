@@ -43,3 +43,19 @@ def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
         "## Learned-Σ audit" in report
         and "## Learned-Σ audit" in (run / "report" / "report.md").read_text()
     )
+
+
+@pytest.mark.slow
+def test_conditional_demo_adds_the_guidance_section(tmp_path) -> None:
+    run = tmp_path / "demo"
+    args = ["demo", "--preset", "digits-cond", "--run-dir", str(run), "--minutes", "0.05",
+            "--max-steps", "4", "--num-samples", "10", "--sample-steps", "3",
+            "--nll-images", "2", "--diffusion-steps", "40", "--stats-images", "100"]  # fmt: skip
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    headline = json.loads(res.stdout.strip().splitlines()[-1])
+    for w in ("0", "1", "3"):
+        assert 0 <= headline[f"class_accuracy_w{w}"] <= 1 and headline[f"fid_w{w}"] > 0
+    report = (run / "report.md").read_text()
+    assert "Class-conditional samples and guidance" in report and "--guidance-scale 3" in report
+    assert "--preset digits-cond" in report

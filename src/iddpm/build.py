@@ -17,6 +17,7 @@ from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
 from iddpm.diffusion.respace import ModelAdapter, parse_steps, spaced_model
 from iddpm.diffusion.timestep_sampler import LossSecondMomentSampler, UniformSampler
+from iddpm.model.classifier import NoiseAwareClassifier
 from iddpm.model.unet import UNet
 
 
@@ -29,8 +30,9 @@ def build_diffusion(cfg: DiffusionConfig) -> GaussianDiffusion:
     )
 
 
-def build_unet(cfg: UNetConfig) -> UNet:
-    return UNet(cfg)
+def build_unet(cfg: UNetConfig) -> UNet | NoiseAwareClassifier:
+    """The network of `cfg`: the UNet, or the noise-aware classifier when cfg.classifier."""
+    return NoiseAwareClassifier(cfg) if cfg.classifier else UNet(cfg)
 
 
 def build_timestep_sampler(cfg: DiffusionConfig) -> UniformSampler | LossSecondMomentSampler:
@@ -64,17 +66,31 @@ class LoadedModel:
     slowest EMA's (else the raw ones), which statistics cached for it depend on."""
 
     config: ExperimentConfig
-    model: UNet
+    model: UNet | NoiseAwareClassifier
     checkpoint: Path
     use_ema: bool = True
 
 
 def load_model(
-    path: str | Path, use_ema: bool = True, device: torch.device | str = "cpu"
+    path: str | Path,
+    use_ema: bool = True,
+    device: torch.device | str = "cpu",
+    classifier: bool = False,
 ) -> LoadedModel:
-    """Rebuild the UNet of a run directory or checkpoint file, in eval mode, on `device`."""
+    """Rebuild the UNet of a run directory or checkpoint file, in eval mode, on `device`;
+    `classifier`: the run must hold a noise-aware classifier instead (and vice versa)."""
     ckpt_path = resolve_checkpoint(path)
     cfg, state = load_for_inference(ckpt_path, use_ema=use_ema)
+    if cfg.model.classifier != classifier:
+        if cfg.model.classifier:
+            raise ValueError(
+                f"{path} holds a noise-aware classifier, not a diffusion model; pass it as "
+                "--classifier to sample, and a diffusion run here"
+            )
+        raise ValueError(
+            f"{path} holds a diffusion model, not a classifier; pass a run of "
+            "`iddpm train-classifier` as --classifier"
+        )
     model = build_unet(cfg.model)
     try:
         model.load_state_dict(state)

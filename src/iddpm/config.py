@@ -165,7 +165,13 @@ class UNetConfig(_Serializable):
     """The paper's UNet (docs/paper.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
-    downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig
+    downsampling rates. `null_class`: the class embedding has one more row, index
+    `num_classes`, the learned "no label" of classifier-free guidance (set for runs trained
+    with class dropout; configs written before it existed load as False). `classifier`: the
+    network is a noise-aware classifier p(y | x_t, t) (the encoder half and middle of this
+    UNet with a pooled head giving `num_classes` logits; `iddpm train-classifier`), not a
+    denoiser; its labels are targets, never inputs. `out_channels`:
+    None means derived — inside an ExperimentConfig
     from the variance type (`DiffusionConfig.output_channels`: 2·in_channels when Σ is
     learned), on its own in_channels; an explicit value must agree with that rule.
     """
@@ -189,8 +195,14 @@ class UNetConfig(_Serializable):
     dropout: float = option(0.0, "dropout in residual blocks")
     use_scale_shift_norm: bool = option(True, "apply the timestep embedding as scale and shift")
     num_classes: int | None = option(None, "classes for class-conditional models")
+    null_class: bool = option(
+        False, "give the class embedding a learned null-class row (set by --class-dropout)"
+    )
     conv_resample: bool = option(True, "convolutional up/down-sampling")
     num_groups: int = option(32, "GroupNorm groups")
+    classifier: bool = option(
+        False, "the network is a noise-aware classifier (set by iddpm train-classifier)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "model_channels"):
@@ -215,6 +227,17 @@ class UNetConfig(_Serializable):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {self.num_classes!r}")
+        if self.null_class and self.num_classes is None:
+            raise ValueError(
+                "null_class needs a class-conditional model; pass --num-classes N or drop it"
+            )
+        if self.classifier and (self.num_classes is None or self.num_classes < 2):
+            raise ValueError(
+                f"a classifier needs num_classes >= 2, got {self.num_classes!r}; pass "
+                "--num-classes N (the number of classes in the data)"
+            )
+        if self.classifier and self.null_class:
+            raise ValueError("a classifier has no null class; drop null_class (class dropout)")
         widths = {self.model_channels * m for m in self.channel_mult}
         bad = sorted(w for w in widths if w % self.num_groups)
         if bad:
@@ -234,6 +257,10 @@ class TrainConfig(_Serializable):
     `init_weights` says which: the slowest EMA's or the raw ones (`build.load_init_weights`);
     the optimizer starts fresh and the EMA starts from the loaded weights.
 
+    `class_dropout` P in [0, 1): each training example's label is replaced by the model's
+    null class with probability P (Ho & Salimans 2022), so one network learns p(x | y) and
+    p(x) for classifier-free guidance; P > 0 gives the model its null class row.
+
     Periodic evaluation (train/evaluate.py; 0 = off): every `eval_every` steps the
     Monte-Carlo bits/dim (`eval_timesteps` log-stratified steps per image) of
     `eval_images` held-out images (`eval_data`, "" = the test split of `data`) and of as
@@ -252,6 +279,11 @@ class TrainConfig(_Serializable):
 
     data: str = option("digits", "data: digits | DIR | FILE.npz | cifar10:DIR")
     class_cond: bool = option(False, "train a class-conditional model (labels from the data)")
+    class_dropout: float = option(
+        0.0,
+        "replace each label by the null class with this probability (0.1: classifier-free "
+        "guidance; 0: off)",
+    )
     random_flip: bool = option(True, "random horizontal flips")
     batch_size: int = option(128, "global batch size (all ranks together)")
     microbatch: int = option(0, "per-rank micro-batch (0: no split)")
@@ -343,6 +375,12 @@ class TrainConfig(_Serializable):
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
         _choice("init weights", self.init_weights, INIT_WEIGHTS)
+        p = self.class_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(
+                f"class_dropout must be a probability in [0, 1), got {p!r}; 0.1 is usual "
+                "for classifier-free guidance"
+            )
         self._check_evaluation()
 
     def _check_evaluation(self) -> None:
@@ -394,6 +432,14 @@ class ExperimentConfig(_Serializable):
                 f"the model has num_classes={self.model.num_classes} but class_cond is off; "
                 "pass --class-cond (labels come from the data) or drop --num-classes"
             )
+        if self.train.class_dropout > 0:
+            if not self.train.class_cond:
+                raise ValueError(
+                    f"--class-dropout {self.train.class_dropout} needs a class-conditional "
+                    "model; pass --class-cond --num-classes N, or drop --class-dropout"
+                )
+            if not self.model.null_class:  # derived: dropped labels need the null row
+                object.__setattr__(self, "model", self.model.replace(null_class=True))
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with some sections replaced; a derived out_channels is derived again
@@ -418,6 +464,10 @@ class SampleConfig(_Serializable):
     (`iddpm.diffusion.registry`) and `sampler_options` holds its options by name (checked
     against the entry when sampling starts). Sample i depends only on (seed, i).
     `use_ema`: sample with the slowest EMA's weights (else the raw weights).
+    Guidance (diffusion/guidance.py): `guidance_scale` W is classifier-free guidance (1:
+    the plain conditional model, 0: its null class; other values need a model trained with
+    class dropout); `classifier` (a run of `iddpm train-classifier`, "" = none) with
+    `classifier_scale` S adds classifier guidance.
 
     Config files written before the registry stored `ddim` and `eta`; they still load
     (`ddim: true` becomes sampler "ddim" with that eta)."""
@@ -431,10 +481,24 @@ class SampleConfig(_Serializable):
     batch_size: int = 64
     seed: int = 0
     class_label: int | None = None
+    guidance_scale: float = 1.0
+    classifier: str = ""
+    classifier_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("num", self.num)
         _positive("batch_size", self.batch_size)
+        for flag, value, meaning in (
+            ("--guidance-scale", self.guidance_scale, "1 is the plain conditional model"),
+            ("--classifier-scale", self.classifier_scale, "0 is no classifier guidance"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{flag} must be a number >= 0, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{flag} must be a finite number >= 0, got {value!r}; {meaning}, "
+                    "larger values follow the class more closely"
+                )
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ValueError(f"sampler must be a registered name, got {self.sampler!r}")
         if not isinstance(self.sampler_options, dict):

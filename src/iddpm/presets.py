@@ -1,4 +1,5 @@
-"""Named training recipes: the paper's CIFAR-10 and ImageNet 64 runs, and a CPU-sized one.
+"""Named training recipes: the paper's CIFAR-10 and ImageNet 64 runs, and CPU-sized ones
+(digits, and digits-cond: class-conditional with class dropout, for guidance).
 
 Each preset is a full `ExperimentConfig`; CLI flags override single fields on top of it.
 The "-vlb" variants train L_vlb with importance-sampled timesteps (docs/paper.md P13), the
@@ -46,6 +47,16 @@ def _digits() -> ExperimentConfig:
             fid_samples=256,
             fid_steps="25",
         ),
+    )
+
+
+def _digits_cond() -> ExperimentConfig:
+    # The digits recipe, class-conditional with class dropout 0.1 (Ho & Salimans 2022 found
+    # 0.1-0.2 best): one network is both p(x | y) and p(x), for classifier-free guidance.
+    cfg = _digits()
+    return cfg.replace(
+        model=cfg.model.replace(num_classes=10),
+        train=cfg.train.replace(class_cond=True, class_dropout=0.1),
     )
 
 
@@ -97,7 +108,12 @@ def _vlb(cfg: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-_BASE = {"digits": _digits, "cifar10": _cifar10, "imagenet64": _imagenet64}
+_BASE = {
+    "digits": _digits,
+    "digits-cond": _digits_cond,
+    "cifar10": _cifar10,
+    "imagenet64": _imagenet64,
+}
 PRESETS: tuple[str, ...] = tuple(n for b in _BASE for n in (b, f"{b}-vlb"))
 
 

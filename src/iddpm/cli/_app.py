@@ -6,6 +6,7 @@ import click
 
 from iddpm import __version__
 from iddpm.cli._errors import Group
+from iddpm.cli.classify import classify
 from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
@@ -15,6 +16,7 @@ from iddpm.cli.sample import sample
 from iddpm.cli.steps import steps
 from iddpm.cli.sweep import sweep
 from iddpm.cli.train import train
+from iddpm.cli.train_classifier import train_classifier_command
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,3 +27,5 @@ def cli() -> None:
 
 for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert, report):
     cli.add_command(command)
+cli.add_command(train_classifier_command)
+cli.add_command(classify)

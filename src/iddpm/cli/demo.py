@@ -26,6 +26,13 @@ from iddpm.workflows.runs import fresh_run_dir
     default=None,
     help="where everything goes (default: runs/demo, or runs/demo-2, … if taken)",
 )
+@click.option(
+    "--preset",
+    type=click.Choice(["digits", "digits-cond"]),
+    default="digits",
+    show_default=True,
+    help="digits-cond: class-conditional with class dropout, plus a guidance section",
+)
 @click.option("--minutes", type=float, default=4.0, show_default=True, help="training time budget")
 @click.option("--max-steps", type=int, default=100_000, show_default=True, help="training step cap")
 @click.option(

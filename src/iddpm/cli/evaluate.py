@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import compile_option, pop_stats_config, stats_options
-from iddpm.config import EVAL_SIGMAS, MC_METHODS, SPLITS, EvalConfig
+from iddpm.cli.options import bound_options, compile_option, pop_stats_config, stats_options
+from iddpm.config import SPLITS, EvalConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES, FidJob, fid_of_files
 
@@ -18,54 +18,7 @@ POSITIVE = click.IntRange(min=1)
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--data", default="", help="data SPEC (default: the data the model trained on)")
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
-@click.option(
-    "--num-images",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="first N images (0: all)",
-)
-@click.option("--steps", default="", help="evaluate the bound of a strided process (step spec)")
-@click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="images/batch")
-@click.option(
-    "--timestep-batch",
-    type=POSITIVE,
-    default=16,
-    show_default=True,
-    help="timesteps per network call",
-)
-@click.option(
-    "--mc",
-    "mc_timesteps",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="unbiased Monte-Carlo estimate from K timesteps per image (0: exact)",
-)
-@click.option(
-    "--mc-method",
-    type=click.Choice(MC_METHODS),
-    default="log-stratified",
-    show_default=True,
-    help="how --mc draws its timesteps (log-stratified: exact first steps, geometric strata)",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="seed of the forward-process noise",
-)
-@click.option(
-    "--sigma",
-    type=click.Choice(EVAL_SIGMAS),
-    default="model",
-    show_default=True,
-    help="reverse variance of the bound: the model's own, Analytic-DPM's optimum "
-    "(estimated from training images, cached in the run), or fixed beta-tilde / beta",
-)
+@bound_options
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
 @compile_option

@@ -15,6 +15,9 @@ from typing import Any
 import click
 
 from iddpm.config import (
+    EVAL_SIGMAS,
+    MC_METHODS,
+    SPLITS,
     DiffusionConfig,
     ExperimentConfig,
     TrainConfig,
@@ -191,3 +194,65 @@ def compile_option(func: Callable) -> Callable:
         is_flag=True,
         help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
     )(func)
+
+
+POSITIVE = click.IntRange(min=1)
+_BOUND_OPTIONS = [
+    click.option("--data", default="", help="data SPEC (default: the data the model trained on)"),
+    click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True),
+    click.option(
+        "--num-images",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="first N images (0: all)",
+    ),
+    click.option("--steps", default="", help="evaluate the bound of a strided process (step spec)"),
+    click.option("--batch-size", type=POSITIVE, default=64, show_default=True, help="images/batch"),
+    click.option(
+        "--timestep-batch",
+        type=POSITIVE,
+        default=16,
+        show_default=True,
+        help="timesteps per network call",
+    ),
+    click.option(
+        "--mc",
+        "mc_timesteps",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="unbiased Monte-Carlo estimate from K timesteps per image (0: exact)",
+    ),
+    click.option(
+        "--mc-method",
+        type=click.Choice(MC_METHODS),
+        default="log-stratified",
+        show_default=True,
+        help="how --mc draws its timesteps (log-stratified: exact first steps, geometric strata)",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="seed of the forward-process noise",
+    ),
+    click.option(
+        "--sigma",
+        type=click.Choice(EVAL_SIGMAS),
+        default="model",
+        show_default=True,
+        help="reverse variance of the bound: the model's own, Analytic-DPM's optimum "
+        "(estimated from training images, cached in the run), or fixed beta-tilde / beta",
+    ),
+]
+
+
+def bound_options(func: Callable) -> Callable:
+    """The options of a bound evaluation (nll, classify): the data (--data, --split,
+    --num-images), the estimator (--steps, --mc, --mc-method, --seed, --sigma) and the
+    batching (--batch-size, --timestep-batch); they map one to one onto EvalConfig."""
+    for option in reversed(_BOUND_OPTIONS):
+        func = option(func)
+    return func

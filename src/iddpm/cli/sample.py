@@ -47,6 +47,26 @@ STEPS_HELP = (
     help="samples per network call",
 )
 @click.option("--class", "class_label", type=int, default=None, help="class for all samples")
+@click.option(
+    "--guidance-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="classifier-free guidance W: 1 = the conditional model, 0 = its null class, >1 "
+    "follows the class more closely (needs a model trained with --class-dropout)",
+)
+@click.option(
+    "--classifier",
+    default="",
+    help="classifier guidance: a run of `iddpm train-classifier` for this model",
+)
+@click.option(
+    "--classifier-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="classifier guidance scale S (with --classifier)",
+)
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip x0 to [-1, 1]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output .npz")
@@ -62,6 +82,9 @@ def sample(
     seed: int,
     batch_size: int,
     class_label: int | None,
+    guidance_scale: float,
+    classifier: str,
+    classifier_scale: float,
     ema: bool,
     clip: bool,
     out: Path | None,
@@ -85,6 +108,9 @@ def sample(
         batch_size=batch_size,
         seed=seed,
         class_label=class_label,
+        guidance_scale=guidance_scale,
+        classifier=classifier,
+        classifier_scale=classifier_scale,
     )
     stats, compile_ = pop_stats_config(values), values.pop("compile_")
     job = SampleJob(checkpoint, cfg, out, grid, stats, compile_)

@@ -87,6 +87,20 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     show_default=True,
     help="training images the bound-optimal schedules are computed on",
 )
+@click.option(
+    "--guidance-scales",
+    default="1",
+    show_default=True,
+    help="comma list of classifier-free guidance scales W to compare, e.g. 0,1,2,4 "
+    "(W != 1 needs a model trained with --class-dropout)",
+)
+@click.option("--classifier", default="", help="classifier guidance: a train-classifier run")
+@click.option(
+    "--classifier-scales",
+    default="1",
+    show_default=True,
+    help="comma list of classifier guidance scales S (with --classifier)",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
 @stats_options
 @job_command
@@ -114,6 +128,8 @@ def sweep(
             f"--samplers {samplers!r} names no sampler; give a comma list, e.g. --samplers "
             "ancestral,ddim (`iddpm sweep --help` lists the registered ones)"
         )
+    for key in ("guidance_scales", "classifier_scales"):
+        values[key] = _floats(values[key], "--" + key.replace("_", "-"))
     specs = step_specs if nfe is None else tuple(s.strip() for s in nfe.split(",") if s.strip())
     if not specs:
         raise ValueError(f"--nfe {nfe!r} names no budget; give a comma list, e.g. --nfe 5,10,20")
@@ -123,3 +139,13 @@ def sweep(
                    spacing="" if spacing == "even" else spacing, nfe=nfe is not None,
                    stats=stats, **values)  # fmt: skip
     return sweep_job(job, device, progress)
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not a comma list of numbers, e.g. 0,1,2,4") from None
+    if not out:
+        raise ValueError(f"{flag} is empty; give at least one scale, e.g. 1")
+    return out

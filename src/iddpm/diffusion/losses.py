@@ -132,3 +132,28 @@ def training_losses(
     else:
         loss = mse
     return {"loss": loss, "mse": mse, "vb": vb}
+
+
+def classifier_losses(
+    classifier_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-example losses of a noise-aware classifier p_φ(y | x_t, t) (Dhariwal & Nichol
+    2021, §4): cross-entropy of its logits on x_t ~ q(x_t | x0) at steps t, where
+    model_kwargs["y"] [N] int64 are the labels (targets, not inputs).
+    x0, noise: [N, C, H, W]; classifier_fn(x_t, t) -> logits [N, K].
+    Returns [N] tensors: "loss" (cross-entropy, nats) and "accuracy" (1 where the
+    arg-max is the label)."""
+    y = (model_kwargs or {}).get("y")
+    if y is None:
+        raise ValueError("a classifier trains on labelled data; the batch has no labels 'y'")
+    check_timesteps(t, diffusion.num_timesteps, batch=x0.shape[0])
+    check_same_shape("noise", noise, "x0", x0)
+    logits = classifier_fn(diffusion.q_sample(x0, t, noise), t).float()
+    loss = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    accuracy = (logits.argmax(dim=1) == y).to(loss.dtype)
+    return {"loss": loss, "accuracy": accuracy}

@@ -72,7 +72,8 @@ class UNet(nn.Module):
     """ε-prediction UNet (plus variance channels when out_channels = 2·in_channels).
 
     forward(x [N, in_channels, H, W] float, timesteps [N] int or float on the model's
-    scale, y [N] int64 class labels iff the config has num_classes)
+    scale, y [N] int64 class labels iff the config has num_classes; with `null_class`,
+    label num_classes is the null class, "no label")
     -> [N, out_channels, H, W] in x's dtype (or the autocast dtype).
     H and W must be divisible by 2^(len(channel_mult) − 1).
     """
@@ -84,36 +85,16 @@ class UNet(nn.Module):
         self.grad_checkpoint = False
         mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
         self.time_embed = TimestepEmbedder(mc, emb_dim)
-        self.class_embed = nn.Embedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
+        # the null class of classifier-free guidance, when present, is the last row
+        rows = (cfg.num_classes or 0) + int(cfg.null_class)
+        self.class_embed = nn.Embedding(rows, emb_dim) if cfg.num_classes else None
         self.stem = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+        res, attn = block_factories(cfg)
 
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(
-                cin, cout, emb_dim, cfg.dropout, cfg.use_scale_shift_norm, cfg.num_groups
-            )
-
-        def attn(ch: int, size: int) -> SelfAttention2d | None:
-            if size not in cfg.attention_resolutions:
-                return None
-            return SelfAttention2d(ch, cfg.num_heads, cfg.num_groups)
-
-        # 1. encoder; skip_chans[i] = channels of the i-th kept activation (stem first)
-        self.encoder = nn.ModuleList()
-        ch, size, skip_chans = mc, cfg.image_size, [mc]
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                self.encoder.append(UNetBlock(res(ch, mult * mc), attn(mult * mc, size)))
-                ch = mult * mc
-                skip_chans.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.encoder.append(UNetBlock(resample=Downsample(ch, cfg.conv_resample)))
-                size //= 2
-                skip_chans.append(ch)
-
-        # 2. middle
-        self.mid_res1 = res(ch, ch)
-        self.mid_attn = SelfAttention2d(ch, cfg.num_heads, cfg.num_groups)
-        self.mid_res2 = res(ch, ch)
+        # 1. encoder; 2. middle (shared with the noise-aware classifier, model/classifier.py)
+        self.encoder, skip_chans, size = build_encoder(cfg)
+        ch = skip_chans[-1]
+        self.mid_res1, self.mid_attn, self.mid_res2 = build_middle(cfg, ch)
 
         # 3. decoder, consuming the skips in reverse order
         self.decoder = nn.ModuleList()
@@ -195,6 +176,51 @@ class UNet(nn.Module):
             raise ValueError(
                 f"y must have shape [{x.shape[0]}] (one label per image), got {tuple(y.shape)}"
             )
+
+
+def block_factories(
+    cfg: UNetConfig,
+) -> tuple[Callable[[int, int], ResBlock], Callable[[int, int], SelfAttention2d | None]]:
+    """res(c_in, c_out): a ResBlock of this config; attn(channels, size): self-attention
+    where the feature map is one of `attention_resolutions` pixels wide, else None."""
+    emb_dim = 4 * cfg.model_channels
+
+    def res(cin: int, cout: int) -> ResBlock:
+        return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.use_scale_shift_norm, cfg.num_groups)
+
+    def attn(ch: int, size: int) -> SelfAttention2d | None:
+        if size not in cfg.attention_resolutions:
+            return None
+        return SelfAttention2d(ch, cfg.num_heads, cfg.num_groups)
+
+    return res, attn
+
+
+def build_encoder(cfg: UNetConfig) -> tuple[nn.ModuleList, list[int], int]:
+    """The encoder (downsampling half) after the stem: per level R × [ResBlock
+    (+ attention)], then a Downsample (not after the last level). Returns the blocks,
+    the channels of every kept activation (stem first; the last is the encoder's output)
+    and the feature-map width at the bottom."""
+    res, attn = block_factories(cfg)
+    encoder = nn.ModuleList()
+    mc = cfg.model_channels
+    ch, size, skip_chans = mc, cfg.image_size, [mc]
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            encoder.append(UNetBlock(res(ch, mult * mc), attn(mult * mc, size)))
+            ch = mult * mc
+            skip_chans.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            encoder.append(UNetBlock(resample=Downsample(ch, cfg.conv_resample)))
+            size //= 2
+            skip_chans.append(ch)
+    return encoder, skip_chans, size
+
+
+def build_middle(cfg: UNetConfig, ch: int) -> tuple[ResBlock, SelfAttention2d, ResBlock]:
+    """The middle of the UNet at `ch` channels: ResBlock, attention, ResBlock."""
+    res, _ = block_factories(cfg)
+    return res(ch, ch), SelfAttention2d(ch, cfg.num_heads, cfg.num_groups), res(ch, ch)
 
 
 def _concat_then(block: UNetBlock) -> Callable[..., torch.Tensor]:

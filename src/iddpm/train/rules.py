@@ -95,3 +95,22 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     else:
         x0, y = batch, None
     return x0, ({} if y is None else {"y": y})
+
+
+# A seed word of its own for the class-dropout draw, so it shares no stream with the
+# per-example noise words (example indices) or the t draw (no third word).
+CLASS_DROPOUT_WORD = 0xC1A55D0
+
+
+def drop_labels(
+    y: torch.Tensor, p: float, null_label: int, seed: int, step: int, lo: int, global_batch: int
+) -> torch.Tensor:
+    """Class dropout (Ho & Salimans 2022): this rank's labels y [n] int64 (examples lo …
+    lo+n−1 of the global batch), each replaced by `null_label` with probability p. One
+    draw for the whole global batch from (seed, step), so the result does not depend on
+    the number of ranks; p = 0 returns y unchanged."""
+    if p <= 0:
+        return y
+    gen = torch.Generator().manual_seed(derive_seed(seed, step, CLASS_DROPOUT_WORD))
+    drop = torch.rand(global_batch, generator=gen)[lo : lo + y.shape[0]] < p
+    return torch.where(drop.to(y.device), torch.full_like(y, null_label), y)

@@ -53,6 +53,7 @@ from iddpm.train.metrics import JsonlSink, RunningMeans, bucketed
 from iddpm.train.precision import Precision
 from iddpm.train.rules import (
     derive_seed,
+    drop_labels,
     learning_rate,
     model_config_differences,
     split_batch,
@@ -60,6 +61,7 @@ from iddpm.train.rules import (
 )
 
 Hook = Callable[["Trainer"], None]
+LossFn = Callable[..., dict[str, torch.Tensor]]
 
 
 class Trainer:
@@ -76,7 +78,10 @@ class Trainer:
     evaluator: a train.evaluate.PeriodicEvaluator (or anything with due(step),
     evaluate(trainer) -> record, state_dict()): run after the hooks and before the step's
     checkpoint, its records go to metrics.jsonl and its state into every checkpoint;
-    loggers: objects with write(record) (e.g. TensorBoard) that see every metrics record.
+    loggers: objects with write(record) (e.g. TensorBoard) that see every metrics record;
+    losses: losses(model_fn, diffusion, x0, t, noise, model_kwargs) -> per-example [N]
+    tensors with a "loss" key (default: the config's diffusion objective,
+    `training_losses`; the noise-aware classifier trains with `classifier_losses`).
     Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was;
     config.json is written after the first checkpoint of each `run()`, so a save that fails
     (a full disk) leaves it as it was too.
@@ -94,6 +99,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         device: torch.device | str | None = None,
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        losses: LossFn | None = None,
         evaluator: Any = None,
         loggers: Sequence[Any] = (),
     ) -> None:
@@ -106,6 +112,7 @@ class Trainer:
         self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
         self.timestep_sampler, self.hooks = timestep_sampler, tuple(hooks)
         self.on_step = on_step
+        self.losses = losses or self._diffusion_losses
         self.evaluator, self.loggers = evaluator, tuple(loggers)
         self.device = torch.device(device) if device is not None else distributed.device()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
@@ -142,6 +149,7 @@ class Trainer:
         # 1. this rank's block of the global batch, its t, importance weights and noise
         x0, cond = self._next_batch()
         t, weights, noise = self._draw(x0)
+        cond = self._drop_labels(cond)
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.step_count, self.rank))
         # 2. per-example losses and gradients, micro-batch by micro-batch
         self.optimizer.zero_grad(set_to_none=True)
@@ -171,6 +179,32 @@ class Trainer:
         dev = self.device
         return t[sl].to(dev), w[sl].to(dev), noise.to(dev, x0.dtype, non_blocking=True)
 
+    def _diffusion_losses(
+        self,
+        model_fn: Callable[..., torch.Tensor],
+        diffusion: Any,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        model_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The config's diffusion objective (P9, P11, P13), per example."""
+        dc = self.cfg.diffusion
+        return training_losses(
+            model_fn, diffusion, x0, t, noise, dc.loss, dc.vlb_weight, model_kwargs
+        )
+
+    def _drop_labels(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Class dropout: labels replaced by the null class with probability P."""
+        p = self.cfg.train.class_dropout
+        if p <= 0 or "y" not in cond:
+            return cond
+        null = self.cfg.model.num_classes
+        glob = self.local_batch * self.world_size
+        lo, seed = self.rank * self.local_batch, self.cfg.train.seed
+        y = drop_labels(cond["y"], p, null, seed, self.step_count, lo, glob)
+        return {**cond, "y": y}
+
     def _forward_backward(
         self,
         x0: torch.Tensor,
@@ -186,16 +220,8 @@ class Trainer:
             last = start + self.microbatch >= n
             # sync gradients across ranks only on the last micro-batch
             with self._grad_sync(last):
-                out = training_losses(
-                    self.model_fn,
-                    self.diffusion,
-                    x0[sl],
-                    t[sl],
-                    noise=noise[sl],
-                    kind=self.cfg.diffusion.loss,
-                    vlb_weight=self.cfg.diffusion.vlb_weight,
-                    model_kwargs={k: v[sl] for k, v in cond.items()},
-                )
+                kwargs = {k: v[sl] for k, v in cond.items()}
+                out = self.losses(self.model_fn, self.diffusion, x0[sl], t[sl], noise[sl], kwargs)
                 # importance weights unbias the t draw (P13); m/n turns the micro-batch
                 # means into one mean over the rank's batch (DDP then averages ranks).
                 loss = (out["loss"] * weights[sl]).mean() * (x0[sl].shape[0] / n)

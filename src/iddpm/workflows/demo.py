@@ -4,7 +4,8 @@ Trains the digits preset (cosine schedule, learned-range variance, L_hybrid) for
 budget, samples with a few strided steps and with the full chain, measures the exact
 bits/dim of the test split, the offline digits-FID of both sample sets and a classifier's
 confidence, and writes RUN_DIR/report.md (`demo_report.py`) with the figures and the
-commands that reproduce them.
+commands that reproduce them. With `--preset digits-cond` (class dropout) it also samples
+at several classifier-free guidance scales and shows a grid with one row per class.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from iddpm.diffusion import registry
 from iddpm.presets import get_preset
 from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.demo_report import write_demo_report
+from iddpm.workflows.guidance import class_rows
 from iddpm.workflows.monitor import drop_unsupported_defaults
 from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
+from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
 from iddpm.workflows.run_report import ReportJob, run_report
@@ -60,13 +63,20 @@ class DemoJob:
     leaderboard_samplers: tuple[str, ...] = LEADERBOARD_SAMPLERS
     leaderboard_nfe: tuple[int, ...] = (5, 10, 20)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    preset: str = "digits"
 
 
 def demo_config(job: DemoJob) -> ExperimentConfig:
-    """The digits preset with the demo's step cap, seed and logging; its periodic
-    evaluation and a grid every 1,000 steps feed the training report (what a smaller
-    --diffusion-steps cannot have is dropped, as for `iddpm train`)."""
-    base = get_preset("digits")
+    """The digits preset (or `job.preset`, e.g. digits-cond) with the demo's step cap,
+    seed and logging; its periodic evaluation and a grid every 1,000 steps feed the
+    training report (what a smaller --diffusion-steps cannot have is dropped, as for
+    `iddpm train`)."""
+    base = get_preset(job.preset)
+    if base.train.data != "digits":
+        raise ValueError(
+            f"--preset {job.preset} does not train on the bundled digits; the demo runs "
+            "digits or digits-cond (class-conditional, with guidance)"
+        )
     train_cfg = base.train.replace(
         steps=job.max_steps, seed=job.seed, sample_every=1000, log_every=20
     )
@@ -159,6 +169,10 @@ def run_demo(
         headline[f"fid_{key}"] = s["fid"]
         headline[f"confident_fraction_{key}"] = s["confident_fraction"]
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
+    cond = conditional_section(job, loaded, ctx, extractor, ref)
+    for row in cond.get("rows", []):
+        headline[f"fid_w{row['guidance_scale']:g}"] = row["fid"]
+        headline[f"class_accuracy_w{row['guidance_scale']:g}"] = row["class_accuracy"]
     board = _leaderboard(job, device, progress)
     headline["leaderboard_fid"] = {
         f"{r['sampler']}_{r.get('nfe', r['steps'])}": r["fid"] for r in board.get("rows", [])
@@ -169,11 +183,48 @@ def run_demo(
         training = run_report(ReportJob(job.run_dir, stats=stats), device, progress)
     headline["training_report"] = training["report"] if training else None
     headline["report"] = str(
-        write_demo_report(job, cfg, trained, sets, nll, headline, board, training)
+        write_demo_report(job, cfg, trained, sets, nll, headline, board, training, cond=cond)
     )
     headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(job.run_dir / RESULT_FILE, headline)
     return headline
+
+
+DEMO_GUIDANCE_SCALES = (0.0, 1.0, 3.0)
+GRID_SCALE = 3.0
+
+
+def conditional_section(
+    job: DemoJob, loaded: Any, ctx: JobContext, extractor: Any, ref: Any
+) -> dict[str, Any]:
+    """For a model trained with class dropout: the few-step set at guidance scales
+    DEMO_GUIDANCE_SCALES (class-balanced samples, scored with the share labelled as the
+    class asked for) and a grid of 10 samples per class, one row each, at GRID_SCALE."""
+    if not loaded.config.model.null_class:
+        return {}
+    base = SampleConfig(
+        num=job.num_samples,
+        steps=job.sample_steps,
+        sampler=job.sampler,
+        sampler_options=job.sampler_options,
+        batch_size=256,
+        seed=job.seed,
+    )
+    samples_dir = run_dir(job.run_dir).samples
+    rows = []
+    for w in DEMO_GUIDANCE_SCALES:
+        plan = SamplingPlan(loaded, base.replace(guidance_scale=w), ctx)
+        row = sample_and_score(plan, extractor, ref, save_as=samples_dir / f"demo_{plan.tag()}.npz")
+        row.pop("images")
+        rows.append(row)
+    plan = SamplingPlan(loaded, base.replace(num=100, guidance_scale=GRID_SCALE), ctx)
+    grid = plan.draw(range(100))
+    path = save_image_grid(
+        samples_dir / f"demo_class_grid_{plan.tag()}.png",
+        class_rows(grid.images, grid.labels),
+        nrow=10,
+    )
+    return {"rows": rows, "grid": str(path), "grid_scale": GRID_SCALE}
 
 
 def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -> dict[str, Any]:

@@ -145,6 +145,30 @@ def _board_table(board: dict) -> str:
     return markdown_table(rows, ["sampler", *(f"{k} NFE" for k in counts)])
 
 
+def _conditional_figure(cond: dict) -> tuple[str, Path, str]:
+    """The class grid and a table of guidance scale W → quality and class accuracy."""
+    rows = [
+        [
+            f"{r['guidance_scale']:g}",
+            f"{r['fid']:.2f}",
+            f"{r['precision']:.2f} / {r['recall']:.2f}",
+            f"{100 * r['class_accuracy']:.1f}%",
+            str(r["network_rows_per_sample"]),
+        ]
+        for r in cond["rows"]
+    ]
+    table = markdown_table(
+        rows, ["W", "digits-FID", "precision / recall", "labelled as asked", "network rows"]
+    )
+    text = (
+        f"Classifier-free guidance (one row per class, W = {cond['grid_scale']:g}): "
+        "ε = ε_∅ + W(ε_y − ε_∅) from one network trained with class dropout; W = 1 is the "
+        "conditional model, W = 0 the unconditional one. 'Labelled as asked': the share of "
+        "samples that the digits classifier assigns to the class they were drawn for.\n\n" + table
+    )
+    return ("Class-conditional samples and guidance", Path(cond["grid"]), text)
+
+
 def write_demo_report(
     job: Any,
     cfg: ExperimentConfig,
@@ -154,6 +178,7 @@ def write_demo_report(
     headline: dict[str, Any],
     board: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    cond: dict[str, Any] | None = None,
 ) -> Path:
     """RUN_DIR/report.md with sample grids, curves, the bound's terms, the schedules, a
     table of the headline numbers and the commands that reproduce them; `training`: what
@@ -161,11 +186,23 @@ def write_demo_report(
     run = job.run_dir
     terms_csv = write_terms_csv(run_dir(run).eval / "nll_test_terms.csv", nll)
     n_nll = len(nll.total_bpd)
+    figures = _figures(run, cfg, sets, nll, board or {}) + _training_figures(training or {})
+    commands = _commands(run, sets, job.seed, job.num_samples, terms_csv)
+    preset = getattr(job, "preset", "digits")
+    commands["Train (the demo stops on its time budget)"] = (
+        f"iddpm train --preset {preset} --run-dir {run}"
+    )
+    if cond:
+        figures.insert(len(sets), _conditional_figure(cond))
+        commands["Guided samples"] = (
+            f"iddpm sample {run} --num {job.num_samples} --steps {job.sample_steps} "
+            f"--guidance-scale {cond['grid_scale']:g}"
+        )
     return write_report(
         run / "report.md",
         "iddpm demo",
         INTRO,
         _numbers(trained, sets, headline, job.num_samples, n_nll),
-        _figures(run, cfg, sets, nll, board or {}) + _training_figures(training or {}),
-        _commands(run, sets, job.seed, job.num_samples, terms_csv),
+        figures,
+        commands,
     )

@@ -2,14 +2,16 @@
 samples takes (`sample`, `quality`, `sweep`, `demo`, the training grids).
 
 Construction validates the whole request before any work (step spec, sampler and its
-options, class label) and builds the respaced process once. `prepare()` then does the
-expensive part once: the statistics the sampler needs (registry entry's `statistics`,
-from the run cache or estimated on `ctx.stats` images with the eager model) and the
-model function. The model function is composed in this one place, innermost first:
+options, class label, guidance and its classifier) and builds the respaced process once.
+`prepare()` then does the expensive part once: the statistics the sampler needs
+(registry entry's `statistics`, from the run cache or estimated on `ctx.stats` images
+with the eager model) and the model function. The model function is composed in this
+one place, innermost first:
 
     network (EMA or raw weights, as loaded) → torch.compile (ctx.compile)
       → respacing adapter (process index → the network's timestep)
-      → transforms, in order (each ModelFn -> ModelFn, e.g. guidance)
+      → the request's guidance (classifier-free and/or classifier, workflows/guidance.py)
+      → transforms, in order (each ModelFn -> ModelFn)
 
 Sample i depends only on (seed, i): `draw(indices)` draws any global indices on this
 process (sharded evaluation gives each job its own), `draw_all()` draws the request's
@@ -33,6 +35,14 @@ from iddpm.diffusion import registry
 from iddpm.diffusion.respace import ModelAdapter
 from iddpm.generate import Samples, class_labels, draw_indices, gather
 from iddpm.workflows.context import JobContext
+from iddpm.workflows.guidance import (
+    check_guidance,
+    guidance_summary,
+    guidance_tag,
+    guidance_transform,
+    label_classes,
+    load_classifier,
+)
 from iddpm.workflows.runs import run_of
 from iddpm.workflows.statistics import statistics_for
 
@@ -64,9 +74,11 @@ def compiled(loaded: LoadedModel, compile: bool) -> LoadedModel:
 class SamplingPlan:
     """One sampling request of `loaded` (see the module docstring).
 
-    request: what to draw (SampleConfig: num, steps, sampler, options, seed, …);
+    request: what to draw (SampleConfig: num, steps, sampler, options, seed, guidance, …);
     ctx: how (device, progress, statistics' images, compile, cache);
-    transforms: model-function transforms applied after the respacing adapter."""
+    transforms: model-function transforms applied after the respacing adapter and the
+    request's guidance (workflows/guidance.py), which comes first;
+    classifier: the loaded `request.classifier`, when the caller has it already."""
 
     def __init__(
         self,
@@ -74,6 +86,7 @@ class SamplingPlan:
         request: SampleConfig,
         ctx: JobContext | None = None,
         transforms: Sequence[Transform] = (),
+        classifier: LoadedModel | None = None,
     ) -> None:
         self.loaded, self.request = loaded, request
         self.ctx = ctx or JobContext()
@@ -85,7 +98,17 @@ class SamplingPlan:
         self.diffusion, self.adapter = spaced(loaded.model, dcfg, request.steps)
         steps = self.adapter.original_steps(torch.arange(self.diffusion.num_timesteps))
         self.kept = tuple(int(s) for s in steps)
-        class_labels(range(0), mcfg.num_classes, request.class_label)  # checks --class
+        check_guidance(loaded, request)
+        self.classifier = None
+        if request.classifier:
+            self.classifier = classifier or load_classifier(
+                request.classifier, loaded, self.ctx.device
+            )
+        self.guidance = guidance_transform(
+            loaded, request, self.diffusion, self.adapter, self.entry.ode, self.classifier
+        )
+        self.num_classes = label_classes(loaded, self.classifier)
+        class_labels(range(0), self.num_classes, request.class_label)  # checks --class
         self.image_shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
         self._options: Any = None if self.entry.statistics else self._base_options
         self._model_fn: ModelFn | None = None
@@ -117,7 +140,11 @@ class SamplingPlan:
             for k, v in sorted(self.request.sampler_options.items())
         )
         spec = self.spec.replace(",", "-").replace(":", "")
-        return f"{self.request.sampler}{opts}_{spec}"
+        return f"{self.request.sampler}{opts}_{spec}{guidance_tag(self.request)}"
+
+    def cost(self) -> dict[str, Any]:
+        """Network calls and rows per sample, and how the samples are guided."""
+        return guidance_summary(self.request, self.calls, self.entry.ode)
 
     # ---- the work
     def prepare(self) -> SamplingPlan:
@@ -134,6 +161,8 @@ class SamplingPlan:
         if self._model_fn is None:
             net = compiled_network(self.loaded, self.ctx.compile)
             fn: ModelFn = ModelAdapter(net, self.adapter.timestep_map, self.adapter.scale)
+            if self.guidance is not None:
+                fn = self.guidance(fn)
             for transform in self.transforms:
                 fn = transform(fn)
             self._model_fn = fn
@@ -152,9 +181,9 @@ class SamplingPlan:
         return self._model_fn
 
     def labels(self, indices: Sequence[int]):
-        """The class of each sample index (None for an unconditional model)."""
-        mcfg = self.loaded.config.model
-        return class_labels(indices, mcfg.num_classes, self.request.class_label)
+        """The class of each sample index (None for an unconditional model without a
+        classifier): the requested class, or all classes round-robin."""
+        return class_labels(indices, self.num_classes, self.request.class_label)
 
     def draw(
         self, indices: Sequence[int], progress: Callable[[int], None] | None = None

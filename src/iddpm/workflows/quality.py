@@ -26,6 +26,7 @@ from iddpm.eval.features import EXTRACTORS, classifier_confidence, get_extractor
 from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
 from iddpm.eval.precision_recall import precision_recall
 from iddpm.workflows import runtime
+from iddpm.workflows.guidance import requested_class_accuracy
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import check_output_file
@@ -106,11 +107,17 @@ def reference(
 
 
 def score(
-    images: np.ndarray, extractor: FeatureExtractor, ref: Reference, batch_size: int = 256
+    images: np.ndarray,
+    extractor: FeatureExtractor,
+    ref: Reference,
+    batch_size: int = 256,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """FID of uint8 images [N, H, W, C] against the reference; precision and recall (k = 3)
     when the reference has features and both sets have more than k images; on the digits
-    also the classifier's confidence (share of samples with p ≥ 0.9 and friends)."""
+    also the classifier's confidence (share of samples with p ≥ 0.9 and friends) and, for
+    samples asked for classes `labels` [N], the share it labels as asked
+    ("class_accuracy")."""
     features, stats = image_features(extractor, images, batch_size)
     out: dict[str, Any] = {
         "fid": fid_from_stats(stats, ref.stats),
@@ -122,7 +129,10 @@ def score(
         pr = precision_recall(ref.features, features[:PR_MAX_FEATURES], k=PR_K)
         out.update(precision=pr.precision, recall=pr.recall)
     if hasattr(extractor, "predict_proba"):
-        out.update(classifier_confidence(extractor.predict_proba(images)))
+        probs = extractor.predict_proba(images)
+        out.update(classifier_confidence(probs))
+        if labels is not None:
+            out["class_accuracy"] = requested_class_accuracy(probs, labels)
     return out
 
 
@@ -135,10 +145,10 @@ def sample_and_score(
     """Draw the plan's samples, score them, optionally save them (save_as: .npz, with a
     .png grid beside it). Returns the scores and timings (and the images)."""
     samples, seconds = plan.draw_all()
-    row: dict[str, Any] = {"sample_seconds": round(seconds, 3)}
+    row: dict[str, Any] = {"sample_seconds": round(seconds, 3), **plan.cost()}
     if save_as is not None:
         row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))
-    row.update(score(samples.images, extractor, ref, plan.request.batch_size))
+    row.update(score(samples.images, extractor, ref, plan.request.batch_size, samples.labels))
     row["images"] = samples.images
     return row
 

@@ -91,6 +91,7 @@ def sample_to_files(
         "sampler": cfg.sampler,
         "sampler_options": dict(cfg.sampler_options),
         "seed": cfg.seed,
+        **plan.cost(),
         **write_samples(samples, out, grid),
         "seconds": round(seconds, 3),
         "images_per_s": round(cfg.num / seconds, 3) if seconds > 0 else None,

@@ -17,6 +17,7 @@ from iddpm.config import EvalConfig, SampleConfig
 from iddpm.diffusion import registry, respace
 from iddpm.workflows import runtime
 from iddpm.workflows.context import JobContext, StatsConfig
+from iddpm.workflows.guidance import guidance_label, guidance_tag
 from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import plot_metric_vs_steps
@@ -57,6 +58,9 @@ class SweepJob:
     steps_images: int = 256
     stats: StatsConfig = field(default_factory=StatsConfig)
     out_dir: Path | None = None
+    guidance_scales: tuple[float, ...] = (1.0,)
+    classifier: str = ""
+    classifier_scales: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -96,13 +100,19 @@ def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
     specs = [_spec(job, s, T) for s in job.steps]
     base = SampleConfig(num=job.num, batch_size=job.batch_size, seed=job.seed)
     entries = []
+    classifier = None
     for name in job.samplers:
         options = job.sampler_options.get(name, {})
         for text in job.steps:
             spec = _spec(job, text, T, name)
-            request = base.replace(steps=spec, sampler=name, sampler_options=options)
-            plan = SamplingPlan(loaded, request, ctx)
-            entries.append(Entry(plan, plan.label, _spacing_name(job, name)))
+            for guidance in _guidance(job):
+                request = base.replace(
+                    steps=spec, sampler=name, sampler_options=options, **guidance
+                )
+                plan = SamplingPlan(loaded, request, ctx, classifier=classifier)
+                classifier = plan.classifier  # loaded (and checked) once
+                label = plan.label + guidance_label(request)
+                entries.append(Entry(plan, label, _spacing_name(job, name)))
     if job.optimal_steps:
         counts = tuple(sorted({num_steps(loaded, s) for s in specs}))
         steps_job = StepsJob(job.checkpoint, nfe=counts, num_images=job.steps_images,
@@ -111,6 +121,17 @@ def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
             plan = SamplingPlan(loaded, base.replace(steps=row["spec"]), ctx)
             entries.append(Entry(plan, f"{plan.label} ({OPTIMAL} steps)", OPTIMAL))
     return entries
+
+
+def _guidance(job: SweepJob) -> list[dict[str, Any]]:
+    """The guidance settings the sweep compares: every W, times every S with a
+    classifier."""
+    scales = job.classifier_scales if job.classifier else (1.0,)
+    return [
+        {"guidance_scale": w, "classifier": job.classifier, "classifier_scale": s}
+        for w in job.guidance_scales
+        for s in scales
+    ]
 
 
 def sweep(
@@ -138,6 +159,7 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
     plan = entry.plan
     k = plan.num_steps
     tag = plan.request.sampler + ("" if entry.schedule == "even" else f"-{entry.schedule}")
+    tag += guidance_tag(plan.request)
     npz = out_dir / f"samples_{tag}_{k}steps.npz"
     scores = sample_and_score(plan, extractor, ref, save_as=npz)
     scores.pop("images")
@@ -147,10 +169,14 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
         "steps": k,
         "nfe": plan.calls,
         "spec": plan.request.steps,
+        "guidance_scale": plan.request.guidance_scale,
     }
+    if plan.request.classifier:
+        row["classifier_scale"] = plan.request.classifier_scale
     row.update(scores)
     sigma = plan.entry.bound_sigma
-    if job.nll_images and sigma is not None:
+    guided = plan.guidance is not None  # a guided sampler has no bound of its own
+    if job.nll_images and sigma is not None and not guided:
         ecfg = EvalConfig(
             steps=plan.request.steps, num_images=job.nll_images, seed=job.seed, sigma=sigma
         )

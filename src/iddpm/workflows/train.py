@@ -41,6 +41,7 @@ from iddpm.checkpoint import (
 )
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.loader import ImageBatches
+from iddpm.diffusion.losses import classifier_losses
 from iddpm.presets import get_preset
 from iddpm.train.rules import split_batch
 from iddpm.train.trainer import Trainer
@@ -185,9 +186,10 @@ def build_trainer(
         build_timestep_sampler(cfg.diffusion),
         cfg,
         run_dir=run,
-        hooks=[grid_hook(cfg, run, device)],
+        hooks=[] if cfg.model.classifier else [grid_hook(cfg, run, device)],
         device=device,
-        evaluator=build_evaluator(cfg, run, device),
+        losses=classifier_losses if cfg.model.classifier else None,
+        evaluator=None if cfg.model.classifier else build_evaluator(cfg, run, device),
         **kwargs,
     )
     return trainer, len(ds)
