@@ -293,6 +293,36 @@ def _(tmp, t):
     return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
 
 
+case("fid: --save-ref is the samples file", "--save-ref")(
+    lambda tmp, t: [
+        "fid",
+        shutil.copy(t.samples, tmp),
+        "--ref",
+        "digits",
+        "--save-ref",
+        tmp / "s.npz",
+    ]
+)
+
+
+@case("fid: --ref sums of the wrong shape", "outer_sum")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", feature_sum=np.zeros(64), outer_sum=np.eye(63), count=9)
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: --ref mu/sigma of the wrong shape", "sigma")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", mu=np.zeros(64), sigma=np.eye(63))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: --ref statistics holding NaN", "NaN")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", mu=np.full(64, np.nan), sigma=np.eye(64))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -294,3 +295,15 @@ def test_real_inception_features_when_available(digits) -> None:
     assert f.shape == (64, 2048) and np.isfinite(f).all()
     stats = compute_stats(ex, images, batch_size=32)
     assert abs(fid_from_stats(stats, stats)) < 1e-6
+
+
+def test_read_only_images_give_the_same_features_without_a_warning(digits, extractor) -> None:
+    """A memory-mapped prepared data set is read-only; torch warns when wrapping such an
+    array, so the extractor copies it first (the fid bad-input campaign's stray warning)."""
+    images = np.array(digits[0].images[:16])
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = extractor(frozen)
+    np.testing.assert_array_equal(got, extractor(images))

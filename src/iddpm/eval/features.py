@@ -68,8 +68,15 @@ def digits_to_input(images: np.ndarray) -> torch.Tensor:
             f"the digits extractor takes uint8 [N, 8, 8, 1] images, got shape {images.shape}; "
             "use the inception extractor for other image sizes"
         )
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return x.to(torch.float32) / 127.5 - 1.0
+    return _tensor_nchw(images).to(torch.float32) / 127.5 - 1.0
+
+
+def _tensor_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC array → NCHW tensor view; a read-only array (a memory-mapped prepared
+    data set) is copied first, as torch refuses to wrap it without a warning."""
+    if not images.flags.writeable:
+        images = np.array(images)
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
 def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -309,7 +316,7 @@ class InceptionFeatureExtractor:
             raise ValueError("Inception features take a uint8 numpy array [N, H, W, C]")
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"expected uint8 [N, H, W, C] with C in (1, 3), got {images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        x = _tensor_nchw(images)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         outs = [

@@ -29,7 +29,7 @@ from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
 from iddpm.eval.precision_recall import precision_recall
 from iddpm.workflows import runtime
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_output_file
+from iddpm.workflows.runs import check_output_file, check_outputs_spare_inputs
 from iddpm.workflows.sample import draw, write_samples
 from iddpm.workflows.statistics import StatsConfig
 
@@ -166,9 +166,11 @@ def fid_of_files(
 ) -> dict[str, Any]:
     """The `iddpm fid` job; the summary is also written to SAMPLES.fid.json."""
     out = job.samples.with_suffix(".fid.json")
-    check_output_file(out, "SAMPLES")
-    if job.save_ref is not None:
-        check_output_file(job.save_ref, "--save-ref")
+    outputs = {"SAMPLES": out} | ({"--save-ref": job.save_ref} if job.save_ref else {})
+    for flag, path in outputs.items():
+        check_output_file(path, flag)
+    inputs = [job.samples] + ([Path(job.ref)] if Path(job.ref).is_file() else [])
+    check_outputs_spare_inputs(outputs, inputs)
     images = load_npz(job.samples).images
     extractor = extractor_for(job.features, device)
     with progress("reference features", None, "task"):

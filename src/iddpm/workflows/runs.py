@@ -109,3 +109,22 @@ def check_new_run(
     check_writable_dir(run, flag)
     if has_checkpoints(run) and not overwrite:
         raise FileExistsError(f"{flag} {run} already holds a run; {hint}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same inode when both exist: links count)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs_spare_inputs(outputs: dict[str, Path], inputs: list[Path]) -> None:
+    """No output (flag → path) is one of the job's input files: writing it would destroy
+    the data the job reads (checked before any work)."""
+    for flag, out in outputs.items():
+        for inp in inputs:
+            if same_file(out, inp):
+                raise ValueError(
+                    f"{flag} {out} is also an input of this job ({inp}) and would be "
+                    "overwritten; choose another file name"
+                )
