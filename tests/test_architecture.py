@@ -112,6 +112,19 @@ ALLOWED: dict[str, set[str]] = {
     "eval.fid": {"distributed", "generate"},
     "eval.features": {"distributed"},
     "eval.precision_recall": set(),
+    "eval.bootstrap": set(),
+    "eval.moments": {"eval.fid"},
+    "eval.inception_score": set(),
+    "eval.kid": set(),
+    "eval.scorer": {
+        "eval.bootstrap",
+        "eval.fid",
+        "eval.inception_score",
+        "eval.kid",
+        "eval.moments",
+        "eval.precision_recall",
+        "distributed",
+    },
     # layer 4: whole jobs may use every layer below (never the command line)
     "workflows": {"*"},
     # layer 5: the command line maps argv to configs and calls one workflow
