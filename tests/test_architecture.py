@@ -14,6 +14,7 @@ DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "likelihood_mc", "loss
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "_io": set(),
+    "shards": {"_io"},
     "presets": {"config"},
     "_tensor": set(),
     "diffusion.schedules": {"_tensor"},
