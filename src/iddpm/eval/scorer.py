@@ -97,12 +97,20 @@ class SampleScorer:
 
     def add(self, images: np.ndarray, start: int) -> None:
         """Score uint8 images [n, H, W, C], the samples start..start+n−1."""
-        n = len(images)
+        if len(images):
+            self.add_features(*extract(self.extractor, images), start)
+
+    def add_features(
+        self,
+        pool: np.ndarray,
+        spatial: np.ndarray | None,
+        logits: np.ndarray | None,
+        start: int,
+    ) -> None:
+        """Accumulate what `extract` gave for the samples start..start+n−1."""
+        n = len(pool)
         if start < 0 or start + n > self.total:
             raise ValueError(f"samples {start}..{start + n - 1} lie outside 0..{self.total - 1}")
-        if n == 0:
-            return
-        pool, spatial, logits = extract(self.extractor, images)
         o = self.options
         w = bootstrap.poisson_weights(o.seed, start, start + n, o.replicates)
         self.pool.add(pool, w)

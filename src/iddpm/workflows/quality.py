@@ -19,17 +19,13 @@ import numpy as np
 import torch
 
 from iddpm import distributed
-from iddpm._io import write_json
 from iddpm.build import LoadedModel
 from iddpm.config import SampleConfig
-from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
 from iddpm.eval.features import classifier_confidence, get_extractor
 from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
 from iddpm.eval.precision_recall import precision_recall
-from iddpm.workflows import runtime
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_output_file, check_outputs_spare_inputs
 from iddpm.workflows.sample import draw, write_samples
 from iddpm.workflows.statistics import StatsConfig
 
@@ -147,46 +143,3 @@ def sample_and_score(
     row.update(score(samples.images, extractor, ref, cfg.batch_size))
     row["images"] = samples.images
     return row
-
-
-@dataclass(frozen=True)
-class FidJob:
-    """FID of the samples in `samples` (.npz) against `ref` (data SPEC or stats .npz)."""
-
-    samples: Path
-    ref: str
-    ref_split: str = "train"
-    features: str = "digits"
-    batch_size: int = 256
-    save_ref: Path | None = None
-
-
-def fid_of_files(
-    job: FidJob, device: torch.device | str = "cpu", progress: Progress = silent
-) -> dict[str, Any]:
-    """The `iddpm fid` job; the summary is also written to SAMPLES.fid.json."""
-    out = job.samples.with_suffix(".fid.json")
-    outputs = {"SAMPLES": out} | ({"--save-ref": job.save_ref} if job.save_ref else {})
-    for flag, path in outputs.items():
-        check_output_file(path, flag)
-    inputs = [job.samples] + ([Path(job.ref)] if Path(job.ref).is_file() else [])
-    check_outputs_spare_inputs(outputs, inputs)
-    images = load_npz(job.samples).images
-    extractor = extractor_for(job.features, device)
-    with progress("reference features", None, "task"):
-        ref = reference(job.ref, job.ref_split, extractor, job.batch_size)
-    with progress("sample features", None, "task"):
-        scores = score(images, extractor, ref, job.batch_size)
-    result: dict[str, Any] = {
-        **scores,
-        "features": extractor.name,
-        "comparable_to_inception": extractor.comparable_to_inception,
-        "num_ref": int(ref.stats.count) if ref.stats.count else None,
-        "samples": str(job.samples),
-        "ref": job.ref,
-    }
-    if runtime.is_main():
-        if job.save_ref is not None:
-            result["saved_ref"] = str(ref.stats.save(job.save_ref))
-        write_json(out, result)
-    return result
