@@ -323,6 +323,52 @@ def _(tmp, t):
     return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
 
 
+@case("fid: empty image folder", "no images")
+def _(tmp, t):
+    (tmp / "imgs").mkdir()
+    return ["fid", tmp / "imgs", "--ref", "digits"]
+
+
+@case("fid: image folder of mixed sizes", "different sizes")
+def _(tmp, t):
+    (tmp / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp / "imgs" / "a.png")
+    Image.new("L", (12, 10)).save(tmp / "imgs" / "b.png")
+    return ["fid", tmp / "imgs", "--ref", "digits"]
+
+
+@case("fid: --ref batch with neither images nor statistics", "neither images")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", labels=np.zeros(3))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+case("fid: --bootstrap 0", "--bootstrap")(
+    lambda tmp, t: ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--bootstrap", "0"]
+)
+case("fid: negative --bootstrap", "--bootstrap")(
+    lambda tmp, t: ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--bootstrap", "-2"]
+)
+
+
+@case("fid: --job-dir of another request", "shard_size")
+def _(tmp, t):
+    job = {"format": "iddpm-job", "format_version": 1, "kind": "fid-features", "total": 4,
+           "shard_size": 3, "fields": {}}  # fmt: skip
+    (tmp / "job").mkdir()
+    (tmp / "job" / "manifest.json").write_text(json.dumps(job))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--job-dir", "job"]
+
+
+@case("fid: incomplete sample job folder", "incomplete")
+def _(tmp, t):
+    job = {"format": "iddpm-job", "format_version": 1, "kind": "sample", "total": 4,
+           "shard_size": 2, "fields": {"seed": 0}}  # fmt: skip
+    (tmp / "job").mkdir()
+    (tmp / "job" / "manifest.json").write_text(json.dumps(job))
+    return ["fid", "job", "--ref", "digits"]
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

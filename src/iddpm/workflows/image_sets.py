@@ -129,8 +129,8 @@ def _image_folder(root: Path) -> ImageSet:
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
         raise ValueError(
-            f"images under {root} have different sizes ({shown}); scoring needs one size, "
-            "so resize them all to one first"
+            f"images under {root} have different sizes ({shown}); scoring needs one size; "
+            "make them all one size first"
         )
     ((w, h),) = sizes
     channels = 1 if modes <= {"L", "1", "I;16", "I;16B", "I;16L", "I", "F"} else 3
@@ -167,7 +167,7 @@ def _job_folder(folder: Path) -> ImageSet:
     if missing:
         raise ValueError(
             f"job folder {folder} is incomplete ({len(missing)} of {job.num_shards} shards "
-            "missing or damaged); rerun its `iddpm sample` command to finish it"
+            "missing or damaged); run its `iddpm sample` command again to finish it"
         )
     first = job.read(0)["images"]
 
