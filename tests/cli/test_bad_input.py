@@ -369,6 +369,26 @@ def _(tmp, t):
     return ["fid", "job", "--ref", "digits"]
 
 
+@case("compare: sets of different sizes", "one size")
+def _(tmp, t):
+    np.savez(tmp / "a.npz", arr_0=np.zeros((6, 8, 8, 1), np.uint8))
+    np.savez(tmp / "b.npz", arr_0=np.zeros((5, 8, 8, 1), np.uint8))
+    return ["compare", "a.npz", "b.npz", "--ref", "digits"]
+
+
+@case("compare: sets of different seeds", "--seed")
+def _(tmp, t):
+    for name, seed in (("a", 0), ("b", 1)):
+        np.savez(tmp / f"{name}.npz", arr_0=np.zeros((6, 8, 8, 1), np.uint8))
+        (tmp / f"{name}.json").write_text(json.dumps({"seed": seed}))
+    return ["compare", "a.npz", "b.npz", "--ref", "digits"]
+
+
+case("compare: --bootstrap 0", "--bootstrap")(
+    lambda tmp, t: ["compare", shutil.copy(t.samples, tmp), "s.npz", "--bootstrap", "0"]
+)
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

@@ -6,6 +6,7 @@ import click
 
 from iddpm import __version__
 from iddpm.cli._errors import Group
+from iddpm.cli.compare import compare
 from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
@@ -22,5 +23,5 @@ def cli() -> None:
     """Improved DDPM: train, sample, measure bits/dim and FID."""
 
 
-for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert):
+for command in (demo, train, sample, nll, fid, compare, sweep, steps, prepare_data, convert):
     cli.add_command(command)

@@ -61,7 +61,7 @@ def kid_replicates(
         yy = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         wsum = w.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            xx = np.einsum("ir,ij,jr->r", w, k_xx, w) / (wsum**2 - (w**2).sum(axis=0))
+            xx = (w * (k_xx @ w)).sum(axis=0) / (wsum**2 - (w**2).sum(axis=0))
             xy = (w * k_xy.sum(axis=1, keepdims=True)).sum(axis=0) / (m * wsum)
         out[:, s] = xx + yy - 2.0 * xy
     return out
