@@ -38,7 +38,11 @@ from iddpm.workflows import runtime
 from iddpm.workflows.image_sets import ImageSet, open_images
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for
-from iddpm.workflows.runs import check_output_file, check_outputs_spare_inputs
+from iddpm.workflows.runs import (
+    check_output_file,
+    check_outputs_spare_inputs,
+    remove_stale_temporaries_of,
+)
 
 SHARD_SIZE = 5000
 STATS_KEYS = ("mu", "feature_sum")
@@ -305,6 +309,8 @@ def fid_of_files(
         result["notes"] = list(ref.notes)
     distributed.barrier()  # every rank has read the shards before they may go
     if runtime.is_main():
+        for path in outputs.values():
+            remove_stale_temporaries_of(path)
         if job.save_ref is not None:
             result["saved_ref"] = str(save_reference(job.save_ref, ref))
         write_json(out, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from iddpm._io import TMP_PREFIX
 from iddpm.checkpoint import (
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -128,3 +129,13 @@ def check_outputs_spare_inputs(outputs: dict[str, Path], inputs: list[Path]) -> 
                     f"{flag} {out} is also an input of this job ({inp}) and would be "
                     "overwritten; choose another file name"
                 )
+
+
+def remove_stale_temporaries_of(path: Path) -> None:
+    """Delete what a killed earlier writer of `path` left beside it (its atomic write's
+    temporary file, named TMP_PREFIX + the file name + "." + a pid)."""
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.glob(f"{TMP_PREFIX}{path.name}.*"):
+        if entry.name[len(TMP_PREFIX) + len(path.name) + 1 :].isdigit():
+            entry.unlink(missing_ok=True)
