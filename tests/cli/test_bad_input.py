@@ -389,6 +389,13 @@ case("compare: --bootstrap 0", "--bootstrap")(
 )
 
 
+@case("export: output folder not empty", "not empty")
+def _(tmp, t):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("mine")
+    return ["export", shutil.copy(t.samples, tmp), "out"]
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

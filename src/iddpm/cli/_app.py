@@ -10,6 +10,7 @@ from iddpm.cli.compare import compare
 from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
+from iddpm.cli.export import export
 from iddpm.cli.prepare import prepare_data
 from iddpm.cli.sample import sample
 from iddpm.cli.steps import steps
@@ -23,5 +24,17 @@ def cli() -> None:
     """Improved DDPM: train, sample, measure bits/dim and FID."""
 
 
-for command in (demo, train, sample, nll, fid, compare, sweep, steps, prepare_data, convert):
+for command in (
+    demo,
+    train,
+    sample,
+    nll,
+    fid,
+    compare,
+    export,
+    sweep,
+    steps,
+    prepare_data,
+    convert,
+):
     cli.add_command(command)

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from iddpm.data.images import decode_image, image_folder_files
 from iddpm.data.mapped import is_prepared
-from iddpm.data.npz import IMAGE_KEYS, inspect_npz, read_npz
+from iddpm.data.npz import IMAGE_KEYS, LABEL_KEYS, inspect_npz, read_npz
 from iddpm.data.spec import load_dataset
 from iddpm.shards import MANIFEST, ShardedJob
 
@@ -38,6 +38,7 @@ class ImageSet:
     shape: tuple[int, int, int]
     read: Callable[[int, int], np.ndarray]
     seed: int | None = None
+    labels: np.ndarray | None = None  # int64 [total] class labels, when the set has them
 
     def batches(self, lo: int, hi: int, batch_size: int):
         """(start, images) of rows lo..hi−1 in batches."""
@@ -54,15 +55,17 @@ def open_images(text: str, split: str = "train") -> ImageSet:
         return _image_folder(path)
     if path.suffix.lower() == ".npz" and not path.is_dir():
         return _npz(path)
-    images = load_dataset(text, split).images
-    return _in_memory(text, "data", images)
+    ds = load_dataset(text, split, class_cond=None)
+    return _in_memory(text, "data", ds.images, None, ds.labels)
 
 
-def _in_memory(source: str, kind: str, images: np.ndarray, seed: int | None = None) -> ImageSet:
+def _in_memory(
+    source: str, kind: str, images: np.ndarray, seed: int | None = None, labels=None
+) -> ImageSet:
     def read(lo: int, hi: int) -> np.ndarray:
         return np.asarray(images[lo:hi])
 
-    return ImageSet(source, kind, len(images), tuple(images.shape[1:]), read, seed)
+    return ImageSet(source, kind, len(images), tuple(images.shape[1:]), read, seed, labels)
 
 
 def _sidecar_seed(path: Path) -> int | None:
@@ -81,9 +84,21 @@ def _npz(path: Path) -> ImageSet:
     seed = _sidecar_seed(path)
     streamed = _npz_rows(path, (n, h, w, c))
     if streamed is None:
-        images, _ = read_npz(path)
-        return _in_memory(str(path), "npz", images, seed)
-    return ImageSet(str(path), "npz", n, (h, w, c), streamed, seed)
+        images, labels = read_npz(path)
+        return _in_memory(str(path), "npz", images, seed, labels)
+    return ImageSet(str(path), "npz", n, (h, w, c), streamed, seed, _npz_labels(path, n))
+
+
+def _npz_labels(path: Path, n: int) -> np.ndarray | None:
+    """int64 [n] labels under arr_1 / labels / y (only that member is read), or None."""
+    with np.load(path, allow_pickle=False) as f:
+        key = next((k for k in LABEL_KEYS if k in f.files), None)
+        if key is None:
+            return None
+        y = f[key]
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise ValueError(f"{path}[{key!r}] is not one integer label per image; store [N] ints")
+    return y.astype(np.int64)
 
 
 def _npz_rows(path: Path, shape: tuple[int, int, int, int]):
@@ -180,5 +195,7 @@ def _job_folder(folder: Path) -> ImageSet:
         return np.concatenate(parts)
 
     seed = fields.get("seed")
+    shards = [job.read(k) for k in range(job.num_shards)] if "labels" in job.read(0) else None
+    labels = None if shards is None else np.concatenate([a["labels"] for a in shards])
     return ImageSet(str(folder), "job", total, tuple(first.shape[1:]), read,
-                    seed if isinstance(seed, int) else None)  # fmt: skip
+                    seed if isinstance(seed, int) else None, labels)  # fmt: skip
