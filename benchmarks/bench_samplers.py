@@ -28,9 +28,10 @@ import torch
 from _common import result_header
 from iddpm.build import load_model
 from iddpm.config import EvalConfig, SampleConfig
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
-from iddpm.workflows.statistics import StatsConfig
 from iddpm.workflows.steps import StepsJob, schedules
 from iddpm.workflows.train import TrainJob, train
 
@@ -62,7 +63,8 @@ def leaderboard(loaded, args: argparse.Namespace) -> list[dict]:
             for seed in args.seeds:
                 cfg = SampleConfig(num=args.num, steps=f"{args.spacing}{k}", sampler=name,
                                    batch_size=args.num, seed=seed)  # fmt: skip
-                runs.append(sample_and_score(loaded, cfg, extractor, ref, args.device))
+                plan = SamplingPlan(loaded, cfg, JobContext(args.device))
+                runs.append(sample_and_score(plan, extractor, ref))
             rows.append({"sampler": name, "nfe": k, **_summary(runs)})
     return rows
 
@@ -81,13 +83,13 @@ def _summary(runs: list[dict]) -> dict:
 def bounds(loaded, args: argparse.Namespace) -> dict:
     def bpd(steps: str, sigma: str) -> float:
         cfg = EvalConfig(steps=steps, num_images=args.nll_images, seed=args.seed, sigma=sigma)
-        return round(bits_per_dim_of(loaded, cfg, args.device).bpd, 4)
+        return round(bits_per_dim_of(loaded, cfg, JobContext(args.device)).bpd, 4)
 
     out: dict = {f"even_{s}": {k: bpd(str(k), s) for k in BOUND_K} for s in SIGMAS}
     start = time.perf_counter()
     job = StepsJob(Path(args.run), nfe=BOUND_K, num_images=args.steps_images, seed=args.seed,
                    decoder_steps=args.decoder_steps)  # fmt: skip
-    rows = schedules(job, loaded, args.device)
+    rows = schedules(job, loaded, JobContext(args.device))
     out["dp_seconds"] = round(time.perf_counter() - start, 1)
     out["dp_specs"] = {r["nfe"]: r["spec"] for r in rows}
     out["dp_cost_matrix_bound"] = {r["nfe"]: round(r["bound_bpd"], 4) for r in rows}

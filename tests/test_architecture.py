@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,7 @@ ALLOWED: dict[str, set[str]] = {
         "_tensor",
     },
     "generate": {
+        "diffusion.gaussian",
         "diffusion.registry",
         "diffusion.samplers",
         "diffusion.respace",
@@ -244,3 +246,36 @@ def test_nothing_imports_cli() -> None:
 )
 def test_the_rule_table_rejects_upward_edges(importer: str, imported: str) -> None:
     assert not _allowed(importer, imported)
+
+
+def _sampler_name_tests(text: str, name: str) -> list[str]:
+    """Comparisons of a value with the literal sampler `name`: `== "name"`, `"name" !=`,
+    `in ("name", ...)`, `case "name"`."""
+    q = re.escape(name)
+    patterns = [
+        rf"[=!]=\s*(['\"]){q}\1",
+        rf"(['\"]){q}\1\s*[=!]=",
+        rf"\bin\s*[\(\[\{{][^\)\]\}}]*(['\"]){q}\1",
+        rf"\bcase\s+(['\"]){q}\1",
+    ]
+    return [m.group(0) for p in patterns for m in re.finditer(p, text)]
+
+
+def test_no_module_outside_the_registry_branches_on_a_sampler_name() -> None:
+    """What the package knows about a sampler is said at its registration (label, bound,
+    statistics, ODE, calls); code elsewhere asks the entry instead of testing the name."""
+    from iddpm.diffusion import registry
+
+    assert _sampler_name_tests('if s["sampler"] == "ancestral":', "ancestral")  # it can fail
+    assert _sampler_name_tests("x in ('ddim', 'dpmpp2m')", "dpmpp2m")
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path == SRC / "diffusion" / "registry.py":
+            continue
+        text = path.read_text()
+        found += [
+            f"{path.relative_to(SRC)}: {hit}"
+            for n in registry.names()
+            for hit in _sampler_name_tests(text, n)
+        ]
+    assert not found, f"branches on a sampler name outside the registry: {found}"

@@ -10,7 +10,12 @@ from conftest import save_random_run, tiny_experiment
 from iddpm.build import load_model
 from iddpm.config import SampleConfig
 from iddpm.distributed import rank_block
-from iddpm.generate import Samples, class_labels, sample_images, save_npz
+from iddpm.generate import Samples, class_labels, save_npz
+from iddpm.workflows.plan import SamplingPlan
+
+
+def sample_images(loaded, request: SampleConfig) -> Samples:
+    return SamplingPlan(loaded, request).draw_all()[0]
 
 
 @pytest.mark.parametrize("ddim", [False, True])
@@ -21,18 +26,18 @@ def test_same_seed_same_samples_for_any_batch_size(random_run, ddim: bool) -> No
     for batch in (1, 4, 16):
         opts = {"sampler": "ddim", "sampler_options": {"eta": 0.5}} if ddim else {}
         cfg = SampleConfig(num=6, steps="5", batch_size=batch, seed=3, **opts)
-        outs.append(sample_images(loaded.model, loaded.config, cfg).images)
+        outs.append(sample_images(loaded, cfg).images)
     assert outs[0].dtype == np.uint8 and outs[0].shape == (6, 8, 8, 1)
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
-    other = sample_images(loaded.model, loaded.config, SampleConfig(num=6, steps="5", seed=4))
+    other = sample_images(loaded, SampleConfig(num=6, steps="5", seed=4))
     assert not np.array_equal(outs[0], other.images)
 
 
 def test_sample_i_does_not_depend_on_how_many_are_drawn(random_run) -> None:
     run, _ = random_run
     loaded = load_model(run)
-    few = sample_images(loaded.model, loaded.config, SampleConfig(num=3, steps="4", seed=1))
-    many = sample_images(loaded.model, loaded.config, SampleConfig(num=7, steps="4", seed=1))
+    few = sample_images(loaded, SampleConfig(num=3, steps="4", seed=1))
+    many = sample_images(loaded, SampleConfig(num=7, steps="4", seed=1))
     assert np.array_equal(few.images, many.images[:3])
 
 
@@ -57,7 +62,7 @@ def test_class_conditional_samples_carry_labels(tmp_path) -> None:
     cfg = tiny_experiment(num_classes=3)
     save_random_run(tmp_path / "run", cfg)
     loaded = load_model(tmp_path / "run")
-    s = sample_images(loaded.model, loaded.config, SampleConfig(num=5, steps="3"))
+    s = sample_images(loaded, SampleConfig(num=5, steps="3"))
     assert s.labels.tolist() == [0, 1, 2, 0, 1]
 
 
@@ -76,5 +81,5 @@ def test_learned_variance_model_samples_are_finite(random_run) -> None:
     run, _ = random_run
     loaded = load_model(run)
     torch.manual_seed(0)
-    s = sample_images(loaded.model, loaded.config, SampleConfig(num=4, steps="", seed=0))
+    s = sample_images(loaded, SampleConfig(num=4, steps="", seed=0))
     assert s.images.shape == (4, 8, 8, 1)

@@ -17,6 +17,7 @@ from iddpm._io import (
     json_safe,
     read_jsonl,
     remove_stale_temporaries,
+    write_csv,
     write_json,
 )
 
@@ -68,3 +69,18 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [f"{TMP_PREFIX}step_1.pt.123"]
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
+
+
+def test_csv_tables_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    path = write_csv(tmp_path / "t.csv", ["a", "b"], [[1, "x,y"], [2.5, ""]])
+    assert list(csv.reader(path.open(newline=""))) == [["a", "b"], ["1", "x,y"], ["2.5", ""]]
+    # the writer goes through atomic_write: a failure keeps the old table
+    monkeypatch.setattr(
+        "iddpm._io.os.replace", lambda *a: (_ for _ in ()).throw(OSError(28, "full"))
+    )
+    with pytest.raises(OSError):
+        write_csv(path, ["c"], [[3]])
+    assert path.read_text().startswith("a,b")
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]

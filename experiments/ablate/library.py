@@ -25,11 +25,12 @@ from iddpm.data.bundled import load_digits
 from iddpm.eval.fid import FeatureStats
 from iddpm.eval.nll import evaluate_nll
 from iddpm.presets import get_preset
+from iddpm.workflows.context import JobContext
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import plot_metric_vs_steps, save_image_grid
 from iddpm.workflows.quality import Reference, extractor_for, reference, score
 from iddpm.workflows.report import markdown_table
 from iddpm.workflows.runs import has_checkpoints
-from iddpm.workflows.sample import draw
 from iddpm.workflows.train import TrainJob, train
 
 __all__ = [
@@ -129,7 +130,7 @@ def sample(loaded: LoadedModel, num: int, steps: int, seed: int, device: str) ->
     steps == T), one batch; uint8 [num, H, W, C]. Sample i depends only on (seed, i)."""
     full = steps == loaded.config.diffusion.num_timesteps
     config = SampleConfig(num=num, steps="" if full else str(steps), batch_size=num, seed=seed)
-    return draw(loaded, config, device)[0].images
+    return SamplingPlan(loaded, config, JobContext(device)).draw_all()[0].images
 
 
 def reference_stats(path: Path) -> FeatureStats:

@@ -14,13 +14,14 @@ system, …) naming the target file, even when the writer turned it into somethi
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,6 +106,17 @@ def json_safe(value: Any) -> Any:
 def dumps(value: Any, indent: int | None = None) -> str:
     """Standard JSON text of `value` (see `json_safe`)."""
     return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
+def write_csv(
+    path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Path:
+    """Atomically replace `path` with a CSV table: the header row, then `rows`."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())
 
 
 def write_json(path: str | os.PathLike[str], value: Any, indent: int | None = None) -> Path:

@@ -22,11 +22,6 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
 
-def sum_flat(x: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension but the first: [N, ...] -> [N]."""
-    return x.sum(dim=tuple(range(1, x.ndim)))
-
-
 def check_timesteps(t: torch.Tensor, num_timesteps: int, batch: int | None = None) -> None:
     """One-line ValueErrors for timesteps that are not int [N] in [0, T)."""
     if t.ndim != 1 or t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

@@ -60,11 +60,13 @@ def spaced(
 
 @dataclass
 class LoadedModel:
-    """A trained model ready for sampling or evaluation."""
+    """A trained model ready for sampling or evaluation; `use_ema`: its weights are the
+    slowest EMA's (else the raw ones), which statistics cached for it depend on."""
 
     config: ExperimentConfig
     model: UNet
     checkpoint: Path
+    use_ema: bool = True
 
 
 def load_model(
@@ -83,7 +85,7 @@ def load_model(
             "it is damaged or was edited: use another checkpoint of the run"
         ) from None
     model.to(device).eval()
-    return LoadedModel(cfg, model, Path(ckpt_path))
+    return LoadedModel(cfg, model, Path(ckpt_path), use_ema)
 
 
 # ---- initial weights for a new run (fine-tuning) -----------------------------------------

@@ -40,6 +40,10 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 PLOTS_DIR = "plots"
+EVAL_DIR = "eval"  # bits/dim, step schedules
+SWEEP_DIR = "sweep"
+LEADERBOARD_DIR = "leaderboard"  # the demo's sweep
+CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
 LATEST = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _EARLIER = "use an earlier checkpoint of the run (delete this one and the run falls back to it)"
@@ -70,6 +74,22 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.root / PLOTS_DIR
+
+    @property
+    def eval(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / SWEEP_DIR
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / LEADERBOARD_DIR
+
+    def cache(self, what: str) -> Path:
+        """RUN/cache/<what>: where jobs keep what they compute once for the run."""
+        return self.root / CACHE_DIR / what
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:08d}.pt"

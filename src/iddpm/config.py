@@ -22,6 +22,7 @@ MC_METHODS = ("log-stratified", "stratified", "importance")
 # The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
 EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
 INIT_WEIGHTS = ("ema", "raw")
+SPLITS = ("train", "test")  # the data splits every data source has
 
 T = TypeVar("T")
 
@@ -361,7 +362,7 @@ class EvalConfig(_Serializable):
     sigma: str = "model"
 
     def __post_init__(self) -> None:
-        _choice("split", self.split, ("train", "test"))
+        _choice("split", self.split, SPLITS)
         _choice("reverse variance (--sigma)", self.sigma, EVAL_SIGMAS)
         _choice("Monte-Carlo method", self.mc_method, MC_METHODS)
         _positive("num_images", self.num_images, allow_zero=True)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -127,23 +125,6 @@ def all_gather_1d(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s picklable `obj` on every rank (the object itself without a group)."""
-    if not is_initialized() or world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    """print() on rank 0 only; to stderr unless `file=` is given (stdout is kept for the
-    commands' final JSON line)."""
-    if is_main():
-        kwargs.setdefault("file", sys.stderr)
-        print(*args, **kwargs)
 
 
 def _env_int(name: str, default: int) -> int:

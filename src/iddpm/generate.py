@@ -1,13 +1,15 @@
-"""Sampling to arrays, `.npz` and PNG grids.
+"""Sampling to arrays and `.npz`.
 
 Sample i depends only on (seed, i): each sample draws all its noise from its own generator,
-so results do not depend on the batch size or the number of ranks. Under torchrun the
-indices are split into contiguous blocks, one per rank, and gathered on rank 0 in order.
+so results do not depend on the batch size or the number of ranks. `draw_indices` draws
+any set of global indices; under torchrun a job gives each rank a contiguous block of
+indices (`distributed.rank_block`) and `gather`s them in order. The request (which model
+function, which process, which sampler) is built once by `workflows.plan.SamplingPlan`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,8 @@ import torch
 from iddpm import distributed
 from iddpm._io import atomic_write
 from iddpm._tensor import to_uint8
-from iddpm.build import spaced
-from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.diffusion import registry, samplers
+from iddpm.diffusion.gaussian import GaussianDiffusion
 
 
 @dataclass
@@ -48,47 +49,54 @@ def class_labels(
     return np.asarray([i % num_classes for i in indices], dtype=np.int64)
 
 
-def sample_images(
-    model: torch.nn.Module,
-    config: ExperimentConfig,
-    cfg: SampleConfig,
+def draw_indices(
+    sampler: str,
+    model_fn: Callable[..., torch.Tensor],
+    diffusion: GaussianDiffusion,
+    indices: Sequence[int],
+    *,
+    seed: int,
+    image_shape: tuple[int, int, int],
+    options: Any = None,
+    labels: np.ndarray | None = None,
+    clip_denoised: bool = True,
+    batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
-    options: Any = None,
 ) -> Samples:
-    """Draw `cfg.num` samples from `model` trained with `config` (each rank draws its
-    block; all ranks return the gathered set) with the step spec `cfg.steps` and the
-    sampler `cfg.sampler` of the registry with `cfg.sampler_options` (or the ready options
-    object `options`, e.g. with statistics estimated from data). `progress(n)` is called
+    """Samples of the global `indices` (this process only, no gathering) with registered
+    sampler `sampler` and its options object: sample i draws all its noise from the
+    generator of (seed, i), so it depends on nothing else. image_shape: (C, H, W);
+    labels: one class per index for a class-conditional model. `progress(n)` is called
     after each finished batch."""
-    mcfg, dcfg = config.model, config.diffusion
-    if options is None:  # fails before any work
-        options = registry.make_options(cfg.sampler, cfg.sampler_options)
-    diffusion, model_fn = spaced(model, dcfg, cfg.steps)
-    mine = distributed.rank_block(cfg.num, distributed.rank(), distributed.world_size())
-    labels = class_labels(mine, mcfg.num_classes, cfg.class_label)
-    shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
+    indices = list(indices)
     out: list[np.ndarray] = []
-    for lo in range(0, len(mine), cfg.batch_size):
-        idx = list(mine[lo : lo + cfg.batch_size])
-        gens = samplers.per_sample_generators(cfg.seed, idx, device)
+    for lo in range(0, len(indices), batch_size):
+        idx = indices[lo : lo + batch_size]
+        gens = samplers.per_sample_generators(seed, idx, device)
         kwargs = {}
         if labels is not None:
             kwargs["y"] = torch.as_tensor(labels[lo : lo + len(idx)], device=device)
         common = dict(
-            shape=(len(idx), *shape),
+            shape=(len(idx), *image_shape),
             generator=gens,
-            clip_denoised=cfg.clip_denoised,
+            clip_denoised=clip_denoised,
             model_kwargs=kwargs,
             device=device,
         )
         with torch.no_grad():
-            x = registry.sample(cfg.sampler, model_fn, diffusion, options=options, **common)
+            x = registry.sample(sampler, model_fn, diffusion, options=options, **common)
         out.append(to_uint8(x))
         if progress is not None:
             progress(len(idx))
-    images = np.concatenate(out) if out else np.zeros((0, *shape[1:], shape[0]), np.uint8)
-    return _gather(images, labels)
+    c, h, w = image_shape
+    images = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
+    return Samples(images, labels)
+
+
+def gather(samples: Samples) -> Samples:
+    """Every rank's block concatenated in rank order (= global index order) on all ranks."""
+    return _gather(samples.images, samples.labels)
 
 
 def _gather(images: np.ndarray, labels: np.ndarray | None) -> Samples:

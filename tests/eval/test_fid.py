@@ -10,11 +10,10 @@ from iddpm.eval import fid
 from iddpm.eval.fid import (
     FeatureExtractor,
     FeatureStats,
-    compute_stats,
-    fid_from_images,
     fid_from_stats,
     frechet_distance,
 )
+from iddpm.workflows.quality import image_features
 
 
 def _random_spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
@@ -177,7 +176,7 @@ def _sharded_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     distributed.init(timeout_s=60)
     try:
         ex = _LinearExtractor(16)
-        stats = compute_stats(ex, _images(103, 0), batch_size=10, shard_across_ranks=True)
+        _, stats = image_features(ex, _images(103, 0), batch_size=10)
         stats.save(f"{out_dir}/rank{rank}.npz")
     finally:
         distributed.shutdown()
@@ -194,7 +193,8 @@ def test_two_rank_sharded_stats_equal_single_process_stats(tmp_path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_sharded_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    expected = compute_stats(_LinearExtractor(16), _images(103, 0))
+    ex = _LinearExtractor(16)
+    expected = FeatureStats(dim=ex.dim).add(ex(_images(103, 0)))
     for r in range(2):
         got = FeatureStats.load(tmp_path / f"rank{r}.npz")
         assert got.count == 103
@@ -310,24 +310,22 @@ def _images(n: int, seed: int, shift: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
-def test_compute_stats_does_not_depend_on_batching(batch_size: int) -> None:
+def test_image_features_do_not_depend_on_batching(batch_size: int) -> None:
     ex = _LinearExtractor(16)
     images = _images(100, 0)
     assert isinstance(ex, FeatureExtractor)
     expected = FeatureStats(dim=6).add(ex(images))
-    got = compute_stats(ex, images, batch_size=batch_size)
-    from_iter = compute_stats(ex, (images[i : i + 30] for i in range(0, 100, 30)))
-    for s in (got, from_iter):
-        assert s.count == 100 and s.extractor == "linear-test"
-        np.testing.assert_allclose(s.outer_sum, expected.outer_sum, rtol=1e-12)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        compute_stats(ex, images, batch_size=0)
+    features, got = image_features(ex, images, batch_size=batch_size)
+    assert got.count == 100 and got.extractor == "linear-test" and features.shape == (100, 6)
+    np.testing.assert_allclose(got.outer_sum, expected.outer_sum, rtol=1e-12)
 
 
-def test_fid_from_images_is_zero_for_same_set_and_grows_with_shift() -> None:
+def test_fid_is_zero_for_the_same_set_and_grows_with_shift() -> None:
     ex = _LinearExtractor(16)
-    a = _images(200, 0)
-    assert abs(fid_from_images(ex, a, a, batch_size=64)) < 1e-6
-    near = fid_from_images(ex, _images(200, 0, shift=5), compute_stats(ex, a))
-    far = fid_from_images(ex, _images(200, 0, shift=40), compute_stats(ex, a))
+
+    def stats(shift: int) -> FeatureStats:
+        return image_features(ex, _images(200, 0, shift=shift), batch_size=64)[1]
+
+    assert abs(fid_from_stats(stats(0), stats(0))) < 1e-6
+    near, far = fid_from_stats(stats(5), stats(0)), fid_from_stats(stats(40), stats(0))
     assert 0 < near < far

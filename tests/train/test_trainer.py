@@ -368,7 +368,7 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     fresh.resume(tmp_path / "two")
     assert fresh.step_count == split
     fresh.run(steps)
-    assert one.sampler.warmed_up()
+    assert one.timestep_sampler.warmed_up()
     a, b = one.state_dict(), fresh.state_dict()
     a.pop("rng"), b.pop("rng")
     assert_trees_equal(a, b)

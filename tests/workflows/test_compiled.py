@@ -14,9 +14,10 @@ import pytest
 from conftest import save_random_run, tiny_experiment
 from iddpm.build import load_model
 from iddpm.config import EvalConfig, SampleConfig
+from iddpm.workflows.context import StatsConfig
 from iddpm.workflows.nll import NllJob, nll_to_files
-from iddpm.workflows.sample import SampleJob, compiled, sample_to_files
-from iddpm.workflows.statistics import StatsConfig
+from iddpm.workflows.plan import compiled
+from iddpm.workflows.sample import SampleJob, sample_to_files
 
 
 def _tree(root: Path) -> dict[str, str]:

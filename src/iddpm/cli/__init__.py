@@ -1,4 +1,5 @@
-"""The `iddpm` command line: train | sample | nll | fid | sweep | convert | demo.
+"""The `iddpm` command line: one command per module of this package, registered in
+`_app.py` (`iddpm --help` lists them).
 
 Progress bars and logs go to stderr; every command ends with one JSON object on the last
 line of stdout. Bad input gives one line on stderr and exit code 2; Ctrl-C exits 130 and

@@ -9,7 +9,7 @@ import click
 
 from iddpm.cli._command import job_command
 from iddpm.cli.options import compile_option, pop_stats_config, stats_options
-from iddpm.config import EVAL_SIGMAS, MC_METHODS, EvalConfig
+from iddpm.config import EVAL_SIGMAS, MC_METHODS, SPLITS, EvalConfig
 from iddpm.workflows.fid import SHARD_SIZE, FidJob, check_replicates, fid_of_files
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES
@@ -20,7 +20,7 @@ POSITIVE = click.IntRange(min=1)
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", default="", help="data SPEC (default: the data the model trained on)")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option(
     "--num-images",
     type=click.IntRange(min=0),
@@ -90,9 +90,7 @@ def nll(
     help="reference: data SPEC (e.g. digits), a statistics .npz, or a reference batch "
     "(.npz with images under arr_0 and mu/sigma)",
 )
-@click.option(
-    "--ref-split", type=click.Choice(["train", "test"]), default="train", show_default=True
-)
+@click.option("--ref-split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option(
     "--features",
     type=click.Choice(FEATURES),

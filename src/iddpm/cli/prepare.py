@@ -9,13 +9,14 @@ import click
 
 from iddpm.cli._command import emit
 from iddpm.cli._progress import tqdm_progress
+from iddpm.config import SPLITS
 from iddpm.workflows.data import PrepareJob, prepare
 
 
 @click.command("prepare-data")
 @click.argument("spec")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option(
     "--resolution",
     type=click.IntRange(min=1),

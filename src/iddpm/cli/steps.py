@@ -9,6 +9,7 @@ import click
 
 from iddpm.cli._command import job_command
 from iddpm.cli.options import pop_stats_config, stats_options
+from iddpm.config import SPLITS
 from iddpm.workflows.steps import STEP_SIGMAS, StepsJob, optimal_schedules
 
 
@@ -30,7 +31,7 @@ def _counts(text: str) -> tuple[int, ...]:
 @click.option("--data", default="", help="data SPEC of the images (default: the model's data)")
 @click.option(
     "--split",
-    type=click.Choice(["train", "test"]),
+    type=click.Choice(SPLITS),
     default="train",
     show_default=True,
     help="images the costs are measured on (choose on train, report the bound on test)",

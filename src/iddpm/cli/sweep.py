@@ -16,7 +16,7 @@ from iddpm.cli.options import (
     stats_options,
 )
 from iddpm.workflows.quality import FEATURES
-from iddpm.workflows.sweep import SweepJob, split_options
+from iddpm.workflows.sweep import SPACINGS, SweepJob, split_options
 from iddpm.workflows.sweep import sweep as sweep_job
 
 DEFAULT_STEPS = ("25", "50", "100", "250", "full")
@@ -39,7 +39,7 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
 )
 @click.option(
     "--spacing",
-    type=click.Choice(["even", "trailing", "logsnr", "ddim"]),
+    type=click.Choice(["even", *SPACINGS[1:]]),
     default="even",
     show_default=True,
     help="how plain step counts are spaced (see `iddpm sample --help`)",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from iddpm.config import SPLITS
 from iddpm.data.images import ImageDataset
 
-SPLITS = ("train", "test")
 NUM_DIGITS = 1797
 TEST_EVERY = 5
 

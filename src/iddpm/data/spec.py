@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from iddpm.config import SPLITS
 from iddpm.data.bundled import load_digits
 from iddpm.data.cifar import load_cifar10
 from iddpm.data.images import (
@@ -39,7 +40,6 @@ from iddpm.data.images import (
 )
 from iddpm.data.mapped import is_prepared, load_prepared
 
-SPLITS = ("train", "test")
 FORMS = "digits, cifar10:DIR, FILE.npz, DIR (a folder of images or of prepared data)"
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType
-from iddpm.diffusion.likelihood import StepNoise, _repeat_kwargs
+from iddpm.diffusion.likelihood import image_batches, traverse
 from iddpm.diffusion.samplers import (
     SamplerStep,
     ancestral_steps,
@@ -48,28 +48,6 @@ _LEVEL = 2.0 / 255.0  # one uint8 level on the [−1, 1] scale
 
 
 # ---------------------------------------------------------------------- Γ_n from data
-def _batches(
-    x0: torch.Tensor | Iterable[torch.Tensor], size: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(global index of the first image, batch) over a tensor or an iterable of batches."""
-    if isinstance(x0, torch.Tensor):
-        for lo in range(0, x0.shape[0], size):
-            yield lo, x0[lo : lo + size]
-        return
-    lo = 0
-    for batch in x0:
-        yield lo, batch
-        lo += batch.shape[0]
-
-
-def _slice_kwargs(model_kwargs: dict[str, Any] | None, lo: int, n: int) -> dict[str, Any]:
-    """Per-image tensors of model_kwargs (indexed by global image number) for one batch."""
-    out = {}
-    for name, v in (model_kwargs or {}).items():
-        out[name] = v[lo : lo + n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v
-    return out
-
-
 def model_eps(
     diffusion: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
@@ -108,22 +86,20 @@ def estimate_eps_moments(
     num_t = diffusion.num_timesteps
     per_image: list[torch.Tensor] = []  # [n, K] sums of ε̂² over dimensions, per batch
     dims = 0
-    for lo, batch in _batches(x0, batch_size):
-        n, dims = batch.shape[0], batch[0].numel()
-        noise = StepNoise(per_sample_generators(seed, range(lo, lo + n)), batch)
-        kwargs = _slice_kwargs(model_kwargs, lo, n)
-        sums = torch.empty(n, num_t, dtype=torch.float64)
-        for start in range(0, num_t, timestep_batch):
-            steps = torch.arange(start, min(start + timestep_batch, num_t))
-            k = len(steps)
-            x0_rep = batch.unsqueeze(0).expand(k, *batch.shape).reshape(k * n, *batch.shape[1:])
-            t = steps.to(batch.device).repeat_interleave(n)  # block c = all n images at c
-            x_t = diffusion.q_sample(x0_rep, t, noise.take(k).reshape(x0_rep.shape))
-            eps = model_eps(diffusion, model_fn(x_t, t, **_repeat_kwargs(kwargs, k, n)), x_t, t)
-            sums[:, steps] = eps.double().pow(2).reshape(k, n, -1).sum(2).t().cpu()
-        per_image.append(sums)
-        if progress is not None:
-            progress(lo + n)
+    batches = image_batches(x0, batch_size, lambda r: per_sample_generators(seed, r))
+    blocks = traverse(
+        model_fn, diffusion, batches, timestep_batch=timestep_batch, model_kwargs=model_kwargs
+    )
+    sums = torch.empty(0, num_t, dtype=torch.float64)
+    for b in blocks:
+        if b.t_cols[0, 0] == 0:  # a new batch
+            sums, dims = torch.empty(b.n, num_t, dtype=torch.float64), b.x0[0].numel()
+        eps = model_eps(diffusion, b.output, b.x_t, b.t)
+        sums[:, b.t_cols[0].cpu()] = eps.double().pow(2).reshape(b.k, b.n, -1).sum(2).t().cpu()
+        if b.last:
+            per_image.append(sums)
+            if progress is not None:
+                progress(b.lo + b.n)
     if not per_image:
         raise ValueError("no training images given; pass x0 with at least one image")
     # one reduction over all images at the end: the same sum whatever the batching
@@ -137,7 +113,7 @@ def _check_moments(eps_moments: Sequence[float] | torch.Tensor, num_t: int) -> t
     if gamma.numel() == 0:
         raise ValueError(
             "Analytic-DPM needs Γ_n = E‖ε‖²/d from training images; estimate it with "
-            "analytic.estimate_eps_moments (or the sampler's from_data) first"
+            "analytic.estimate_eps_moments (the registry's statistic 'gamma') first"
         )
     if gamma.numel() != num_t:
         raise ValueError(
@@ -196,7 +172,11 @@ class AnalyticOptions:
 
     eps_moments: tuple[float, ...] = dataclasses.field(
         default=(),
-        metadata={"cli": False, "help": "Γ_n = E‖ε‖²/d of each step, from training images"},
+        metadata={
+            "cli": False,
+            "statistic": "gamma",
+            "help": "Γ_n = E‖ε‖²/d of each step, from training images",
+        },
     )
     clip_pixel: float = dataclasses.field(
         default=1.0,
@@ -231,12 +211,3 @@ def analytic_steps(
     [K] of this process."""
     variance = clip_for_sampling(analytic_variance(diffusion, eps_moments), clip_pixel)
     return ancestral_steps(model_fn, diffusion.with_reverse_variance(variance), **common)
-
-
-def options_from_data(
-    model_fn: ModelFn, diffusion: GaussianDiffusion, x0: torch.Tensor, **kwargs: Any
-) -> AnalyticOptions:
-    """The registry's `from_data` hook: AnalyticOptions with Γ estimated on x0 [M, C, H, W]
-    (keywords go to `estimate_eps_moments`; seed 0 by default)."""
-    gamma = estimate_eps_moments(model_fn, diffusion, x0, **kwargs)
-    return AnalyticOptions(eps_moments=tuple(gamma.tolist()))

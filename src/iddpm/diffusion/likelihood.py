@@ -23,7 +23,7 @@ t's noise is its (t+1)-th draw of x0's shape, which depends on the batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,6 +257,133 @@ def _repeat_kwargs(model_kwargs: dict[str, Any] | None, k: int, n: int) -> dict[
     return out
 
 
+def _slice_kwargs(model_kwargs: dict[str, Any] | None, lo: int, n: int) -> dict[str, Any]:
+    """Per-image tensors of model_kwargs (indexed by global image number) for one batch."""
+    out = {}
+    for name, v in (model_kwargs or {}).items():
+        out[name] = v[lo : lo + n] if isinstance(v, torch.Tensor) and v.ndim > 0 else v
+    return out
+
+
+@dataclass
+class NoisedBlock:
+    """One network call of a traversal: images lo … lo+n−1 (`x0` [n, C, H, W]) each noised
+    at k steps (`t_cols` [n, k]) and run through the model. The replicated batch puts
+    column c first: row c·n + i is image i at t_cols[i, c]. `x0_rep`, `t`, `noise`, `x_t`
+    and `output` are [k·n, …]; `last`: the block ends its batch's traversal."""
+
+    lo: int
+    x0: torch.Tensor
+    t_cols: torch.Tensor
+    x0_rep: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    x_t: torch.Tensor
+    output: torch.Tensor
+    last: bool = False
+
+    @property
+    def n(self) -> int:
+        return int(self.t_cols.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.t_cols.shape[1])
+
+    def columns(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-row value [k·n] as [n, k] float64 (column c = step column c)."""
+        return v.to(torch.float64).reshape(self.k, self.n).t()
+
+
+def noised_forward(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    t_cols: torch.Tensor,
+    noise: torch.Tensor,
+    model_kwargs: dict[str, Any] | None,
+    lo: int = 0,
+) -> NoisedBlock:
+    """The rule every bound, statistic and cost evaluation shares, written once: replicate
+    the n images k times, x_t = q_sample(x0, t, noise) and ONE network call on n·k inputs.
+    t_cols: [n, k] int64; noise: [k, n, C, H, W], row c the noise of column c;
+    model_kwargs: per-image tensors (first dim n), tiled to the replicated batch."""
+    n, k = t_cols.shape
+    assert noise.shape == (k, *x0.shape), (tuple(noise.shape), k, tuple(x0.shape))
+    x0_rep = x0.unsqueeze(0).expand(k, *x0.shape).reshape(k * n, *x0.shape[1:])
+    t = t_cols.t().reshape(-1)  # block c = all n images at column c
+    noise = noise.reshape(k * n, *x0.shape[1:])
+    x_t = diffusion.q_sample(x0_rep, t, noise)
+    output = model_fn(x_t, t, **_repeat_kwargs(model_kwargs, k, n))
+    return NoisedBlock(lo, x0, t_cols, x0_rep, t, noise, x_t, output)
+
+
+def image_batches(
+    x0: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int,
+    generators: Callable[[range], Generators],
+) -> Iterator[tuple[int, torch.Tensor, Generators]]:
+    """(global index of the first image, batch, its generators) over a tensor [M, …] split
+    into `batch_size` batches, or over an iterable of batches; generators(range of global
+    indices) gives each batch's (e.g. `samplers.per_sample_generators(seed, indices)`)."""
+    batches: Iterable[torch.Tensor] = (
+        (x0[lo : lo + batch_size] for lo in range(0, x0.shape[0], batch_size))
+        if isinstance(x0, torch.Tensor)
+        else x0
+    )
+    lo = 0
+    for batch in batches:
+        n = batch.shape[0]
+        yield lo, batch, generators(range(lo, lo + n))
+        lo += n
+
+
+def traverse(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    batches: Iterable[tuple[int, torch.Tensor, Generators]],
+    *,
+    timestep_batch: int,
+    model_kwargs: dict[str, Any] | None = None,
+    by_index: bool = True,
+) -> Iterator[NoisedBlock]:
+    """Every step of the process for every image: (image batch × block of `timestep_batch`
+    consecutive steps), one network call each (`noised_forward`), in order. batches:
+    (global index of the first image, images, their generators), e.g. `image_batches`;
+    noise follows the module's rule (`StepNoise`), so results do not depend on the
+    batching; per-image tensors of model_kwargs are indexed by the global image number
+    (`by_index`; else each batch takes them whole, one row per image)."""
+    num_t = diffusion.num_timesteps
+    for lo, batch, generators in batches:
+        n = batch.shape[0]
+        noise = StepNoise(generators, batch)
+        kwargs = _slice_kwargs(model_kwargs, lo, n) if by_index else model_kwargs
+        for start in range(0, num_t, timestep_batch):
+            steps = torch.arange(start, min(start + timestep_batch, num_t), device=batch.device)
+            t_cols = steps.unsqueeze(0).expand(n, -1)
+            block = noised_forward(
+                model_fn, diffusion, batch, t_cols, noise.take(len(steps)), kwargs, lo
+            )
+            block.last = start + timestep_batch >= num_t
+            yield block
+
+
+def _block_terms(
+    diffusion: GaussianDiffusion, block: NoisedBlock, clip_denoised: bool, exact: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vb bits, ε-MSE, x0-MSE) of a block, each [n, k] float64."""
+    terms = vb_term_bits(
+        diffusion, block.output, block.x0_rep, block.x_t, block.t, clip_denoised, exact=exact
+    )
+    # The ε implied by the (clipped) x̂0, as the reference reports it.
+    eps = diffusion.predict_eps_from_x0(block.x_t, block.t, terms["pred_x0"])
+    return (
+        block.columns(terms["output"]),
+        block.columns(mean_flat((eps - block.noise) ** 2)),
+        block.columns(mean_flat((terms["pred_x0"] - block.x0_rep) ** 2)),
+    )
+
+
 def _eval_columns(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
@@ -272,25 +399,8 @@ def _eval_columns(
     t_cols: [N, k] int64, column c holds each image's step; noise: [k, N, C, H, W], row c
     the noise of column c. Returns (vb bits, ε-MSE, x0-MSE), each [N, k] float64.
     """
-    n, k = t_cols.shape
-    assert noise.shape == (k, *x0.shape), (tuple(noise.shape), k, tuple(x0.shape))
-    x0_rep = x0.unsqueeze(0).expand(k, *x0.shape).reshape(k * n, *x0.shape[1:])
-    t_flat = t_cols.t().reshape(-1)  # block c = all N images at column c
-    noise = noise.reshape(k * n, *x0.shape[1:])
-    x_t = diffusion.q_sample(x0_rep, t_flat, noise)
-    output = model_fn(x_t, t_flat, **_repeat_kwargs(model_kwargs, k, n))
-    terms = vb_term_bits(diffusion, output, x0_rep, x_t, t_flat, clip_denoised, exact=exact)
-    # The ε implied by the (clipped) x̂0, as the reference reports it.
-    eps = diffusion.predict_eps_from_x0(x_t, t_flat, terms["pred_x0"])
-
-    def cols(v: torch.Tensor) -> torch.Tensor:
-        return v.to(torch.float64).reshape(k, n).t()
-
-    return (
-        cols(terms["output"]),
-        cols(mean_flat((eps - noise) ** 2)),
-        cols(mean_flat((terms["pred_x0"] - x0_rep) ** 2)),
-    )
+    block = noised_forward(model_fn, diffusion, x0, t_cols, noise, model_kwargs)
+    return _block_terms(diffusion, block, clip_denoised, exact)
 
 
 def _check_inputs(diffusion: GaussianDiffusion, x0: torch.Tensor, timestep_batch: int) -> None:
@@ -344,24 +454,22 @@ def bits_per_dim(
     """
     _check_inputs(diffusion, x0, timestep_batch)
     n, num_t = x0.shape[0], diffusion.num_timesteps
-    noise = StepNoise(generator, x0)
     vb, mse, x0_mse = (
         torch.empty(n, num_t, dtype=torch.float64, device=x0.device) for _ in range(3)
     )
-    for start in range(0, num_t, timestep_batch):
-        steps = torch.arange(start, min(start + timestep_batch, num_t), device=x0.device)
-        t_cols = steps.unsqueeze(0).expand(n, -1)
-        cols = _eval_columns(
-            model_fn,
-            diffusion,
-            x0,
-            t_cols,
-            noise.take(len(steps)),
-            clip_denoised,
-            model_kwargs,
-            exact,
-        )
-        for table, value in zip((vb, mse, x0_mse), cols):
+    blocks = traverse(
+        model_fn,
+        diffusion,
+        [(0, x0, generator)],
+        timestep_batch=timestep_batch,
+        model_kwargs=model_kwargs,
+        by_index=False,
+    )
+    for block in blocks:
+        steps = block.t_cols[0]
+        for table, value in zip(
+            (vb, mse, x0_mse), _block_terms(diffusion, block, clip_denoised, exact)
+        ):
             table[:, steps] = value
         if progress is not None:
             progress(int(steps[-1]) + 1, num_t)

@@ -9,12 +9,22 @@ sampler signature of `samplers.py`:
 and its options are a frozen dataclass whose fields are the keyword options (validated in
 `__post_init__` with one-line errors). A field with `metadata={"cli": False}` is supplied by
 the caller's workflow (e.g. statistics estimated from data), not by a command-line flag;
-`metadata={"help": ...}` documents the rest. Such an entry also registers `from_data`, a
-function (model_fn, diffusion, x0 [M, C, H, W]) -> options that estimates them from
-training images; workflows call it (and cache its result), and so does the contract test,
-on the Gaussian oracle. `tests/diffusion/test_registry.py` runs one
-contract over every registered entry, so a new sampler is checked the moment it is
-registered here.
+`metadata={"help": ...}` documents the rest. A field with `metadata={"statistic": NAME}`
+receives the statistic NAME of `STATISTICS` (e.g. Analytic-DPM's Γ), which the entry lists
+in `statistics`; workflows estimate each statistic once per checkpoint and step spacing
+(and cache it), and the contract test estimates it on the Gaussian oracle
+(`SamplerEntry.from_data`). `tests/diffusion/test_registry.py` runs one contract over every
+registered entry, so a new sampler is checked the moment it is registered here.
+
+What the rest of the package needs to know about a sampler is said here, at `register`,
+and nowhere else (nobody outside this module compares a sampler's name):
+
+    label        how reports and leaderboards name it
+    bound_sigma  the reverse variance Σ of its K-step bound ("model", "analytic"), or None
+                 for samplers whose K-step process defines no likelihood (the ODE solvers)
+    statistics   the statistics it needs, names of `STATISTICS`
+    ode          True for a deterministic sampler (a probability-flow ODE solver)
+    calls        network calls for K steps (default K)
 """
 
 from __future__ import annotations
@@ -39,6 +49,64 @@ from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, r
 
 StepsFn = Callable[..., Iterator[SamplerStep]]
 
+DEFAULT = "ancestral"  # the paper's sampler: what a request that names none gets
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A per-step statistic of a model on data that samplers (and bounds) need: `estimate`
+    is (model_fn, diffusion, x0 [M, C, H, W], *, seed, model_kwargs, progress) -> [K]
+    float64 table of the process `diffusion` (one value per step)."""
+
+    name: str
+    estimate: Callable[..., torch.Tensor]
+    summary: str
+
+
+STATISTICS: dict[str, Statistic] = {
+    "gamma": Statistic(
+        "gamma",
+        analytic.estimate_eps_moments,
+        "Analytic-DPM's Γ_n = E‖ε_θ(x_n, n)‖²/d of each step, from training images",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Sigma:
+    """A reverse variance Σ for the K-step bound: the statistics it needs and its [K]
+    table for a process, given those statistics (None: the model's own)."""
+
+    name: str
+    statistics: tuple[str, ...]
+    table: Callable[[GaussianDiffusion, Mapping[str, torch.Tensor]], torch.Tensor | None]
+    help: str
+
+
+SIGMAS: dict[str, Sigma] = {
+    s.name: s
+    for s in (
+        Sigma("model", (), lambda d, st: None, "the model's own (learned or fixed)"),
+        Sigma(
+            "analytic",
+            ("gamma",),
+            lambda d, st: analytic.analytic_variance(d, st["gamma"]),
+            "Analytic-DPM's optimum (Γ from training images)",
+        ),
+        Sigma(
+            "fixed-small",
+            (),
+            lambda d, st: torch.exp(d.posterior_log_variance_clipped),
+            "the posterior's β̃ (the decoder's clipped to the next step's)",
+        ),
+        Sigma("fixed-large", (), lambda d, st: d.fixed_large_variance.clone(), "β"),
+    )
+}
+
+
+def _one_call_per_step(k: int) -> int:
+    return k
+
 
 @dataclass(frozen=True)
 class NoOptions:
@@ -62,18 +130,38 @@ class DDIMOptions:
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """One registered sampler: its loop, its options type, a one-line summary and, for
-    options estimated from data, the function that estimates them (see module docstring)."""
+    """One registered sampler: its loop, its options type, a one-line summary, and what the
+    rest of the package knows about it (see the module docstring)."""
 
     name: str
     steps: StepsFn
     options: type
     summary: str
-    from_data: Callable[..., Any] | None = None
+    label: str
+    bound_sigma: str | None = None
+    statistics: tuple[str, ...] = ()
+    ode: bool = False
+    calls: Callable[[int], int] = _one_call_per_step
 
     def option_fields(self, cli_only: bool = False) -> tuple[dataclasses.Field, ...]:
         fields = dataclasses.fields(self.options)
         return tuple(f for f in fields if not cli_only or f.metadata.get("cli", True))
+
+    @property
+    def from_data(self) -> Callable[..., Any] | None:
+        """None for a sampler that needs no statistics; else a function (model_fn,
+        diffusion, x0, **kw) -> its default options with every statistic estimated on x0
+        (keywords go to each statistic's `estimate`)."""
+        if not self.statistics:
+            return None
+
+        def from_data(model_fn: Any, diffusion: GaussianDiffusion, x0: Any, **kw: Any) -> Any:
+            values = {
+                s: STATISTICS[s].estimate(model_fn, diffusion, x0, **kw) for s in self.statistics
+            }
+            return with_statistics(self.name, self.options(), values)
+
+        return from_data
 
 
 _REGISTRY: dict[str, SamplerEntry] = {}
@@ -84,14 +172,34 @@ def register(
     steps: StepsFn,
     options: type = NoOptions,
     summary: str = "",
-    from_data: Callable[..., Any] | None = None,
+    *,
+    label: str | None = None,
+    bound_sigma: str | None = None,
+    statistics: tuple[str, ...] = (),
+    ode: bool = False,
+    calls: Callable[[int], int] = _one_call_per_step,
 ) -> None:
-    """Add a sampler under `name` (lower-case, no spaces); a name is registered once."""
+    """Add a sampler under `name` (lower-case, no spaces); a name is registered once.
+    The keywords are what the package knows about it (module docstring); `label`
+    defaults to the name."""
     if name in _REGISTRY:
         raise ValueError(f"a sampler named {name!r} is already registered")
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"options of sampler {name!r} must be a dataclass type")
-    _REGISTRY[name] = SamplerEntry(name, steps, options, summary, from_data)
+    if bound_sigma is not None and bound_sigma not in SIGMAS:
+        raise ValueError(f"bound_sigma of sampler {name!r} must be one of {tuple(SIGMAS)}")
+    unknown = [s for s in statistics if s not in STATISTICS]
+    if unknown:
+        raise ValueError(f"sampler {name!r} needs unknown statistics {unknown}")
+    fed = {f.metadata.get("statistic") for f in dataclasses.fields(options)} - {None}
+    if fed != set(statistics):
+        raise ValueError(
+            f"sampler {name!r}: the option fields marked with a statistic ({sorted(fed)}) "
+            f"must be exactly its statistics ({sorted(statistics)})"
+        )
+    _REGISTRY[name] = SamplerEntry(
+        name, steps, options, summary, label or name, bound_sigma, tuple(statistics), ode, calls
+    )
 
 
 def names() -> tuple[str, ...]:
@@ -141,6 +249,36 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     else:
         return value
     raise ValueError(f"option --{key.replace('_', '-')}={value!r} is not a valid {base.__name__}")
+
+
+def with_statistics(name: str, options: Any, values: Mapping[str, Any]) -> Any:
+    """`options` of sampler `name` with each statistic of `values` (name -> [K] table) put
+    into the option field that receives it."""
+    entry = get(name)
+    fields = {
+        f.metadata["statistic"]: f.name for f in entry.option_fields() if "statistic" in f.metadata
+    }
+    missing = [s for s in entry.statistics if s not in values]
+    if missing:
+        raise ValueError(f"sampler {name!r} needs the statistics {missing}")
+    updates = {
+        fields[s]: tuple(torch.as_tensor(values[s]).reshape(-1).tolist()) for s in entry.statistics
+    }
+    return dataclasses.replace(options, **updates)
+
+
+def labels() -> dict[str, str]:
+    """name -> how reports name each registered sampler."""
+    return {name: entry.label for name, entry in _REGISTRY.items()}
+
+
+def with_bound(sigma: str | None = None) -> tuple[str, ...]:
+    """The samplers whose K-step process has a bound (with reverse variance `sigma`, or any)."""
+    return tuple(
+        n
+        for n, e in _REGISTRY.items()
+        if e.bound_sigma is not None and sigma in (None, e.bound_sigma)
+    )
 
 
 def options_dict(options: Any) -> dict[str, Any]:
@@ -193,19 +331,28 @@ register(
     ancestral_steps,
     NoOptions,
     "the paper's sampler: x_{t-1} ~ N(mu_theta, Sigma_theta) (fixed or learned Sigma)",
+    bound_sigma="model",
 )
-register("ddim", ddim_steps, DDIMOptions, "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)")
+register(
+    "ddim",
+    ddim_steps,
+    DDIMOptions,
+    "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)",
+    ode=True,  # at its default eta = 0
+)
 register(
     "dpmpp2m",
     dpmpp_2m_steps,
     NoOptions,
     "DPM-Solver++(2M) of Lu et al. 2022: deterministic, second order, one call per step",
+    ode=True,
 )
 register(
     "dpmpp3m",
     dpmpp_3m_steps,
     NoOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
+    ode=True,
 )
 register(
     "dpmpp2m-sde",
@@ -218,5 +365,6 @@ register(
     analytic.analytic_steps,
     analytic.AnalyticOptions,
     "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
-    from_data=analytic.options_from_data,
+    bound_sigma="analytic",
+    statistics=("gamma",),
 )

@@ -216,6 +216,15 @@ def format_steps(steps: Sequence[int]) -> str:
     return EXPLICIT_PREFIX + ",".join(str(s) for s in kept)
 
 
+# The spacing prefixes of a count ("trailing50"): name -> (K, T, ᾱ or None, spec) -> the K
+# steps kept of T. The one table of them: the sweep's --spacing offers these.
+SPACINGS: dict[str, Callable[[int, int, torch.Tensor | None, str], list[int]]] = {
+    "trailing": lambda k, t, abar, spec: _trailing_steps(k, t),
+    "logsnr": lambda k, t, abar, spec: _logsnr_steps(k, _need_abar(abar, spec, t), spec),
+    "ddim": lambda k, t, abar, spec: _ddim_steps(k, t),
+}
+
+
 def parse_steps(
     spec: str | None, num_timesteps: int, *, alphas_cumprod: torch.Tensor | None = None
 ) -> list[int]:
@@ -236,15 +245,11 @@ def parse_steps(
     text = spec.strip()
     if text.startswith(EXPLICIT_PREFIX):
         return _explicit_steps(spec, num_timesteps)
-    for prefix in ("ddim", "trailing", "logsnr"):
+    for prefix, keep in SPACINGS.items():
         if text.startswith(prefix):
             count = _parse_count(text[len(prefix) :], spec)
             _check_count(count, prefix, spec, num_timesteps)
-            if prefix == "ddim":
-                return _ddim_steps(count, num_timesteps)
-            if prefix == "trailing":
-                return _trailing_steps(count, num_timesteps)
-            return _logsnr_steps(count, _need_abar(alphas_cumprod, spec, num_timesteps), spec)
+            return keep(count, num_timesteps, alphas_cumprod, spec)
     if not text[0].isdigit() and text[0] not in "+-":
         raise ValueError(f"unknown step spec {spec!r}; {_FORMATS}")
     return _section_steps(text, spec, num_timesteps)

@@ -37,15 +37,15 @@ from typing import Any
 
 import torch
 
-from iddpm.diffusion.analytic import _slice_kwargs, x0_variance_bounds
+from iddpm.diffusion.analytic import x0_variance_bounds
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
 from iddpm.diffusion.likelihood import (
     LN2,
-    StepNoise,
-    _repeat_kwargs,
     check_uint8_grid,
     discretized_gaussian_log_likelihood,
+    image_batches,
     normal_kl,
+    traverse,
 )
 from iddpm.diffusion.samplers import per_sample_generators
 
@@ -306,28 +306,22 @@ def bound_cost_matrix(
     plan = _CostPlan(diffusion, eps_moments, num_dec, exact, dev)
     sums = torch.zeros(2, num_t, num_t, dtype=torch.float64, device=dev)  # kl, decoder
     prior = torch.zeros(num_t, dtype=torch.float64, device=dev)
-    for lo in range(0, m, batch_size):
-        batch = x0[lo : lo + batch_size]
-        n = batch.shape[0]
-        noise = StepNoise(per_sample_generators(seed, range(lo, lo + n)), batch)
-        kwargs = _slice_kwargs(model_kwargs, lo, n)
-        flat = batch.double().reshape(n, -1)
-        for start in range(0, num_t, timestep_batch):
-            steps = list(range(start, min(start + timestep_batch, num_t)))
-            k = len(steps)
-            rep = batch.unsqueeze(0).expand(k, *batch.shape).reshape(k * n, *batch.shape[1:])
-            t = torch.tensor(steps, device=dev).repeat_interleave(n)
-            x_t = diffusion.q_sample(rep, t, noise.take(k).reshape(rep.shape))
-            out = model_fn(x_t, t, **_repeat_kwargs(kwargs, k, n))
-            pm = diffusion.p_mean_variance(out, x_t, t, clip_denoised=clip_denoised)
-            preds = pm.pred_x0.double().reshape(k, n, -1)
-            raw = pm.model_var_values
-            raws = raw.double().reshape(k, n, -1) if raw is not None else [None] * k
-            for j, step in enumerate(steps):
-                plan.add(sums, step, flat, preds[j], raws[j])
-        prior += _prior_sum(plan.abar, flat)
-        if progress is not None:
-            progress(lo + n)
+    batches = image_batches(x0, batch_size, lambda r: per_sample_generators(seed, r))
+    blocks = traverse(
+        model_fn, diffusion, batches, timestep_batch=timestep_batch, model_kwargs=model_kwargs
+    )
+    for b in blocks:
+        flat = b.x0.double().reshape(b.n, -1)
+        pm = diffusion.p_mean_variance(b.output, b.x_t, b.t, clip_denoised=clip_denoised)
+        preds = pm.pred_x0.double().reshape(b.k, b.n, -1)
+        raw = pm.model_var_values
+        raws = raw.double().reshape(b.k, b.n, -1) if raw is not None else [None] * b.k
+        for j, step in enumerate(b.t_cols[0].tolist()):
+            plan.add(sums, step, flat, preds[j], raws[j])
+        if b.last:
+            prior += _prior_sum(plan.abar, flat)
+            if progress is not None:
+                progress(b.lo + b.n)
     if m == 0:
         raise ValueError("no images given; pass x0 with at least one image")
     inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)

@@ -16,7 +16,6 @@ from different extractors refuse to be compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -277,50 +276,3 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     """`frechet_distance` of two stats from the same extractor."""
     _check_same_space(a, b)
     return frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
-
-
-def _batches(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterable[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        for start in range(0, images.shape[0], batch_size):
-            yield images[start : start + batch_size]
-    else:
-        yield from images
-
-
-def compute_stats(
-    extractor: FeatureExtractor,
-    images: np.ndarray | Iterable[np.ndarray],
-    batch_size: int = 256,
-    shard_across_ranks: bool = False,
-) -> FeatureStats:
-    """Stream images through `extractor` into FeatureStats.
-
-    images: uint8 [N, H, W, C] array (cut into `batch_size` batches) or an iterable of such
-    batches. With `shard_across_ranks`, each rank takes every world_size-th batch of the
-    same array and the stats are all-reduced, so every rank returns the total.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rank, world = 0, 1
-    if shard_across_ranks:
-        from iddpm import distributed
-
-        rank, world = distributed.rank(), distributed.world_size()
-    stats = FeatureStats(dim=extractor.dim, extractor=extractor.name)
-    for i, batch in enumerate(_batches(images, batch_size)):
-        if i % world == rank and len(batch):
-            stats.add(extractor(batch))
-    return stats.all_reduce() if shard_across_ranks else stats
-
-
-def fid_from_images(
-    extractor: FeatureExtractor,
-    images: np.ndarray | Iterable[np.ndarray],
-    reference: FeatureStats | np.ndarray,
-    batch_size: int = 256,
-) -> float:
-    """FID of uint8 images [N, H, W, C] against reference stats or reference images."""
-    stats = compute_stats(extractor, images, batch_size)
-    if not isinstance(reference, FeatureStats):
-        reference = compute_stats(extractor, reference, batch_size)
-    return fid_from_stats(stats, reference)

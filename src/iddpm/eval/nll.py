@@ -9,7 +9,6 @@ index in `images`, so per-image results do not depend on the batch size or rank 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from iddpm import distributed
+from iddpm._io import write_csv
 from iddpm._tensor import to_model_range
 from iddpm.build import LoadedModel, spaced
 from iddpm.config import EvalConfig
@@ -142,16 +142,11 @@ def write_terms_csv(path: str | Path, result: NllResult) -> Path:
     cumulative share of the bound (the prior is the last row, step "T")."""
     if result.terms_bpd is None:
         raise ValueError("per-term values exist only for the exact bound; run without --mc")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     prior = float(result.prior_bpd.mean())
     total = float(result.terms_bpd.sum()) + prior
-    cum = 0.0
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["k", "timestep", "term_bpd", "cumulative_share"])
-        for k, (step, v) in enumerate(zip(result.timesteps, result.terms_bpd)):
-            cum += float(v)
-            w.writerow([k, int(step), f"{float(v):.8g}", f"{cum / total:.6f}"])
-        w.writerow([len(result.timesteps), "prior", f"{prior:.8g}", "1.000000"])
-    return path
+    rows, cum = [], 0.0
+    for k, (step, v) in enumerate(zip(result.timesteps, result.terms_bpd)):
+        cum += float(v)
+        rows.append([k, int(step), f"{float(v):.8g}", f"{cum / total:.6f}"])
+    rows.append([len(result.timesteps), "prior", f"{prior:.8g}", "1.000000"])
+    return write_csv(path, ["k", "timestep", "term_bpd", "cumulative_share"], rows)

@@ -98,7 +98,8 @@ class Trainer:
                 f"{cfg.diffusion.num_timesteps}; build it from the same config"
             )
         self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
-        self.sampler, self.hooks, self.on_step = timestep_sampler, tuple(hooks), on_step
+        self.timestep_sampler, self.hooks = timestep_sampler, tuple(hooks)
+        self.on_step = on_step
         self.device = torch.device(device) if device is not None else distributed.device()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.local_batch, self.microbatch = split_batch(
@@ -154,7 +155,7 @@ class Trainer:
         """This rank's slice of the global batch's t, importance weights and noise."""
         seed, step, lo = self.cfg.train.seed, self.step_count, self.rank * self.local_batch
         gen = torch.Generator().manual_seed(derive_seed(seed, step))
-        t, w = self.sampler.sample(self.local_batch * self.world_size, generator=gen)
+        t, w = self.timestep_sampler.sample(self.local_batch * self.world_size, generator=gen)
         noise = torch.empty((self.local_batch, *x0.shape[1:]), dtype=torch.float32)
         for i in range(self.local_batch):
             self._noise_gen.manual_seed(derive_seed(seed, step, lo + i))
@@ -221,7 +222,7 @@ class Trainer:
 
     def _record(self, table: torch.Tensor, names: list[str], grad_norm: torch.Tensor) -> None:
         t_all = table[:, 0].to(torch.int64)
-        self.sampler.update(t_all.cpu(), table[:, 1 + names.index("loss")].cpu())
+        self.timestep_sampler.update(t_all.cpu(), table[:, 1 + names.index("loss")].cpu())
         self.metrics.add_examples(
             t_all, self.diffusion.num_timesteps, **{k: table[:, 1 + i] for i, k in enumerate(names)}
         )
@@ -369,7 +370,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.precision.state_dict(),
             "precision": self.precision.name,
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.timestep_sampler.state_dict(),
             "data": data,
             "rng": {"torch_cpu": torch.get_rng_state()},
             "step": self.step_count,
@@ -380,7 +381,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state.get("grad_scaler", {}))
-        self.sampler.load_state_dict(state["sampler"])
+        self.timestep_sampler.load_state_dict(state["sampler"])
         if state.get("data") and hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch_cpu"])

@@ -19,15 +19,17 @@ import torch
 
 from iddpm._io import write_json
 from iddpm.build import kept_steps, load_model
+from iddpm.checkpoint import run_dir
 from iddpm.config import EvalConfig, ExperimentConfig, SampleConfig
 from iddpm.diffusion import registry
 from iddpm.presets import get_preset
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.demo_report import write_demo_report
 from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
 from iddpm.workflows.runs import check_new_run
-from iddpm.workflows.statistics import StatsConfig
 from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
@@ -85,6 +87,14 @@ def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
     )
 
 
+def set_label(plan: SamplingPlan) -> str:
+    """The headline key of a sample set: "50steps" for the paper's sampler, else
+    "<sampler>_50steps"."""
+    name = plan.request.sampler
+    prefix = "" if name == registry.DEFAULT else f"{name}_"
+    return f"{prefix}{plan.spec}steps"
+
+
 def run_demo(
     job: DemoJob, device: torch.device | str = "cpu", progress: Progress = silent
 ) -> dict[str, Any]:
@@ -94,16 +104,16 @@ def run_demo(
     check_demo(job, cfg)
     t0 = time.perf_counter()
     trained = train(TrainJob(cfg, job.run_dir, max_minutes=job.minutes), device, progress)
+    ctx = JobContext(device, progress, stats=job.stats)
     loaded = load_model(job.run_dir, device=device)
     extractor = extractor_for("digits", device)
     ref = reference("digits", "train", extractor)
     sets = []
     for steps, sampler, options in (
         (job.sample_steps, job.sampler, job.sampler_options),
-        ("", "ancestral", {}),
+        ("", registry.DEFAULT, {}),
     ):
-        label = steps or str(cfg.diffusion.num_timesteps)
-        scfg = SampleConfig(
+        request = SampleConfig(
             num=job.num_samples,
             steps=steps,
             sampler=sampler,
@@ -111,9 +121,10 @@ def run_demo(
             batch_size=256,
             seed=job.seed,
         )
-        npz = job.run_dir / "samples" / f"demo_{sampler}_{label}steps.npz"
-        row = sample_and_score(loaded, scfg, extractor, ref, device, progress, save_as=npz)
-        sets.append({**row, "steps": label, "sampler": sampler})
+        plan = SamplingPlan(loaded, request, ctx)
+        npz = run_dir(job.run_dir).samples / f"demo_{sampler}_{plan.spec}steps.npz"
+        row = sample_and_score(plan, extractor, ref, save_as=npz)
+        sets.append({**row, "steps": plan.spec, "sampler": sampler, "label": set_label(plan)})
     ecfg = EvalConfig(
         data="digits",
         split="test",
@@ -123,7 +134,7 @@ def run_demo(
         seed=job.seed,
     )
     start = time.perf_counter()
-    nll = bits_per_dim_of(loaded, ecfg, device, progress, "exact bits/dim, test split")
+    nll = bits_per_dim_of(loaded, ecfg, ctx, "exact bits/dim, test split")
     nll_seconds = time.perf_counter() - start
     headline = {
         "run_dir": str(job.run_dir),
@@ -135,11 +146,7 @@ def run_demo(
         "nll_seconds": round(nll_seconds, 1),
     }
     for s in sets:
-        key = (
-            f"{s['steps']}steps"
-            if s["sampler"] == "ancestral"
-            else f"{s['sampler']}_{s['steps']}steps"
-        )
+        key = s["label"]
         headline[f"fid_{key}"] = s["fid"]
         headline[f"confident_fraction_{key}"] = s["confident_fraction"]
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
@@ -164,6 +171,6 @@ def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -
         num=job.num_samples,
         seed=job.seed,
         stats=job.stats,
-        out_dir=job.run_dir / "leaderboard",
+        out_dir=run_dir(job.run_dir).leaderboard,
     )
     return sweep(board, device, progress)

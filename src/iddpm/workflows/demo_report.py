@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from iddpm.checkpoint import METRICS_FILE
+from iddpm.checkpoint import run_dir
 from iddpm.config import ExperimentConfig
+from iddpm.diffusion import registry
 from iddpm.eval.nll import NllResult, write_terms_csv
 from iddpm.workflows.plots import plot_bound_terms, plot_schedules, plot_training_curves
 from iddpm.workflows.report import markdown_table, write_report
@@ -19,7 +20,13 @@ INTRO = (
 
 
 def _label(s: dict[str, Any]) -> str:
-    return f"{s['steps']} steps" + ("" if s["sampler"] == "ancestral" else f", {s['sampler']}")
+    return f"{s['steps']} steps" + (
+        "" if _paper_sampler(s) else f", {registry.get(s['sampler']).label}"
+    )
+
+
+def _paper_sampler(s: dict[str, Any]) -> bool:
+    return s["sampler"] == registry.DEFAULT
 
 
 def _grid_text(s: dict[str, Any]) -> str:
@@ -32,7 +39,7 @@ def _grid_text(s: dict[str, Any]) -> str:
 def _figures(
     run: Path, cfg: ExperimentConfig, sets: list[dict], nll: NllResult, board: dict
 ) -> list:
-    plots = run / "plots"
+    plots = run_dir(run).plots
     figures = [(f"Samples, {_label(s)}", Path(s["grid"]), _grid_text(s)) for s in sets]
     if board.get("fid_plot"):
         figures.append(
@@ -45,8 +52,8 @@ def _figures(
                 "brackets precision / recall (k = 3).\n\n" + _board_table(board),
             )
         )
-    if (run / METRICS_FILE).is_file():  # a run shorter than one logging interval has none
-        curves = plot_training_curves(plots / "training_curves.png", run / METRICS_FILE)
+    if run_dir(run).metrics_path.is_file():  # a run shorter than one logging interval has none
+        curves = plot_training_curves(plots / "training_curves.png", run_dir(run).metrics_path)
         text = "Loss of L_hybrid per example, and the loss by timestep quartile (q0: small t)."
         figures.append(("Training curves", curves, text))
     figures.append(
@@ -90,7 +97,7 @@ def _commands(run: Path, sets: list[dict], seed: int, num: int, terms_csv: Path)
     }
     for s in sets:
         cmd = f"iddpm sample {r} --num {num} --seed {seed} --steps {s['steps']}"
-        if s["sampler"] != "ancestral":
+        if not _paper_sampler(s):
             cmd += f" --sampler {s['sampler']}"
         commands[f"Samples, {_label(s)}"] = cmd
     commands["Bits/dim and the terms plot"] = f"iddpm nll {r} --split test --seed {seed}"
@@ -122,7 +129,7 @@ def write_demo_report(
     """RUN_DIR/report.md with sample grids, curves, the bound's terms, the schedules, a
     table of the headline numbers and the commands that reproduce them."""
     run = job.run_dir
-    terms_csv = write_terms_csv(run / "eval" / "nll_test_terms.csv", nll)
+    terms_csv = write_terms_csv(run_dir(run).eval / "nll_test_terms.csv", nll)
     n_nll = len(nll.total_bpd)
     return write_report(
         run / "report.md",

@@ -15,12 +15,14 @@ from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig
 from iddpm.eval.nll import NllResult, evaluate_nll, write_terms_csv
 from iddpm.workflows import runtime
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.data import data_for_model
+from iddpm.workflows.plan import compiled
 from iddpm.workflows.plots import plot_bound_terms
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_writable_dir, run_dir_of
-from iddpm.workflows.sample import compiled, num_steps
-from iddpm.workflows.statistics import StatsConfig, reverse_variance
+from iddpm.workflows.runs import check_writable_dir, run_of
+from iddpm.workflows.sample import num_steps
+from iddpm.workflows.statistics import reverse_variance
 
 
 @dataclass(frozen=True)
@@ -37,25 +39,25 @@ class NllJob:
 
 
 def bits_per_dim_of(
-    loaded: LoadedModel,
-    cfg: EvalConfig,
-    device: torch.device | str,
-    progress: Progress = silent,
-    desc: str = "bits/dim",
-    stats: StatsConfig | None = None,
-    compile: bool = False,
+    loaded: LoadedModel, cfg: EvalConfig, ctx: JobContext, desc: str = "bits/dim"
 ) -> NllResult:
     """The bound (exact, or the Monte-Carlo estimate with cfg.mc_timesteps) of the first
     cfg.num_images images (0: all) of cfg.data's cfg.split, checked against the model,
-    with the reverse variance cfg.sigma; `compile`: a torch.compile'd forward, made once
-    the inputs are checked."""
+    with the reverse variance cfg.sigma (its statistics from the run cache or ctx.stats);
+    ctx.compile: a torch.compile'd forward, made once the inputs are checked."""
     num_steps(loaded, cfg.steps)  # the step spec, before loading any data
     ds = data_for_model(loaded.config, cfg.data or None, cfg.split, cfg.num_images)
-    table = reverse_variance(loaded, cfg.steps, cfg.sigma, device, stats, progress)
-    loaded = compiled(loaded, compile)
-    with progress(desc, len(ds), "img") as bar:
+    table = reverse_variance(loaded, cfg.steps, cfg.sigma, ctx)
+    loaded = compiled(loaded, ctx.compile)
+    with ctx.progress(desc, len(ds), "img") as bar:
         return evaluate_nll(
-            loaded, ds.images, ds.labels, cfg, device, progress=bar.update, reverse_variance=table
+            loaded,
+            ds.images,
+            ds.labels,
+            cfg,
+            ctx.device,
+            progress=bar.update,
+            reverse_variance=table,
         )
 
 
@@ -75,13 +77,12 @@ def nll_to_files(
     cfg = job.eval
     loaded = load_model(job.checkpoint, use_ema=cfg.use_ema, device=device)
     T = loaded.config.diffusion.num_timesteps
-    out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "eval"
+    out_dir = job.out_dir or run_of(loaded.checkpoint).eval
     check_writable_dir(out_dir, "--out-dir")
     name = tag(cfg, T)
     start = time.perf_counter()
-    result = bits_per_dim_of(
-        loaded, cfg, device, progress, f"bits/dim ({name})", job.stats, job.compile
-    )
+    ctx = JobContext(device, progress, stats=job.stats, compile=job.compile)
+    result = bits_per_dim_of(loaded, cfg, ctx, f"bits/dim ({name})")
     summary: dict[str, Any] = {
         **result.summary(),
         "data": cfg.data or loaded.config.train.data,

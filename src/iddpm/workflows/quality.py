@@ -19,17 +19,14 @@ import numpy as np
 import torch
 
 from iddpm import distributed
-from iddpm.build import LoadedModel
-from iddpm.config import SampleConfig
 from iddpm.data.spec import load_dataset
-from iddpm.eval.features import classifier_confidence, get_extractor
+from iddpm.eval.features import EXTRACTORS, classifier_confidence, get_extractor
 from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
 from iddpm.eval.precision_recall import precision_recall
-from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.sample import draw, write_samples
-from iddpm.workflows.statistics import StatsConfig
+from iddpm.workflows.plan import SamplingPlan
+from iddpm.workflows.sample import write_samples
 
-FEATURES = ("digits", "inception")
+FEATURES = EXTRACTORS  # what --features offers
 PR_K = 3  # neighbours of the improved precision/recall (Kynkäänniemi et al. 2019)
 PR_MAX_FEATURES = 10_000
 
@@ -125,21 +122,17 @@ def score(
 
 
 def sample_and_score(
-    loaded: LoadedModel,
-    cfg: SampleConfig,
+    plan: SamplingPlan,
     extractor: FeatureExtractor,
     ref: Reference,
-    device: torch.device | str,
-    progress: Progress = silent,
     save_as: Path | None = None,
-    stats: StatsConfig | None = None,
 ) -> dict[str, Any]:
-    """Sample with cfg's sampler and steps, score the samples, optionally save them
-    (save_as: .npz, with a .png grid beside it). Returns the scores and timings."""
-    samples, seconds = draw(loaded, cfg, device, progress, stats=stats)
+    """Draw the plan's samples, score them, optionally save them (save_as: .npz, with a
+    .png grid beside it). Returns the scores and timings (and the images)."""
+    samples, seconds = plan.draw_all()
     row: dict[str, Any] = {"sample_seconds": round(seconds, 3)}
     if save_as is not None:
         row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))
-    row.update(score(samples.images, extractor, ref, cfg.batch_size))
+    row.update(score(samples.images, extractor, ref, plan.request.batch_size))
     row["images"] = samples.images
     return row

@@ -15,21 +15,27 @@ from iddpm.checkpoint import (
     METRICS_FILE,
     PLOTS_DIR,
     SAMPLES_DIR,
+    RunDir,
     list_checkpoints,
+    run_dir,
 )
-
-CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
 
 
 def cache_folder(run: Path, what: str) -> Path:
     """RUN/cache/<what>: where a job keeps what it computes once for a run and reuses."""
-    return run / CACHE_DIR / what
+    return run_dir(run).cache(what)
+
+
+def run_of(checkpoint: Path) -> RunDir:
+    """The run directory a checkpoint file belongs to (RUN/checkpoints/step_*.pt -> RUN),
+    as the type that names every path in it."""
+    folder = checkpoint.parent
+    return run_dir(folder.parent if folder.name == CHECKPOINT_DIR else folder)
 
 
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint file belongs to (RUN/checkpoints/step_*.pt -> RUN)."""
-    folder = checkpoint.parent
-    return folder.parent if folder.name == CHECKPOINT_DIR else folder
+    return run_of(checkpoint).root
 
 
 def has_checkpoints(run: Path) -> bool:

@@ -8,8 +8,6 @@ the K kept steps of least bound. The cost matrix is cached in the run directory 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,24 +15,22 @@ from typing import Any
 
 import torch
 
-from iddpm._io import atomic_write, write_json
+from iddpm._io import write_json
 from iddpm._tensor import to_model_range
 from iddpm.build import LoadedModel, kept_steps, load_model, spaced
-from iddpm.config import SampleConfig
+from iddpm.diffusion import registry
 from iddpm.diffusion.respace import format_steps
 from iddpm.diffusion.step_schedule import BoundCosts, bound_cost_matrix, optimal_steps, path_cost
 from iddpm.workflows import runtime
+from iddpm.workflows.cache import Damaged, checkpoint_digest
+from iddpm.workflows.context import MIN_IMAGES, JobContext, StatsConfig
 from iddpm.workflows.data import data_for_model
 from iddpm.workflows.progress import Progress, running_total, silent
-from iddpm.workflows.runs import check_writable_dir, run_dir_of
-from iddpm.workflows.statistics import (
-    MIN_IMAGES,
-    StatsConfig,
-    cache_path,
-    checkpoint_digest,
-    sampler_options,
-)
+from iddpm.workflows.runs import check_writable_dir, run_of
+from iddpm.workflows.statistics import statistics_for
 
+# the reverse variances a jump's cost can use (bound_cost_matrix: the model's, or
+# Analytic-DPM's from Γ); a subset of registry.SIGMAS
 STEP_SIGMAS = ("model", "analytic")
 
 
@@ -82,6 +78,7 @@ def _check(job: StepsJob, num_t: int) -> None:
 def _meta(job: StepsJob, loaded: LoadedModel) -> dict[str, Any]:
     return {
         "checkpoint_sha256": checkpoint_digest(loaded.checkpoint),
+        "ema": loaded.use_ema,
         "data": job.data or loaded.config.train.data,
         "split": job.split,
         "num_images": job.num_images,
@@ -89,72 +86,62 @@ def _meta(job: StepsJob, loaded: LoadedModel) -> dict[str, Any]:
         "sigma": job.sigma,
         "decoder_steps": job.decoder_steps,
         "stats": [job.stats.data, job.stats.num_images, job.stats.seed]
-        if job.sigma != "model"
+        if registry.SIGMAS[job.sigma].statistics
         else None,
     }
 
 
-def _cached_costs(path: Path, meta: dict[str, Any]) -> BoundCosts | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, weights_only=True)
-        stored = json.loads(state["meta"])
-        costs = BoundCosts(state["kl"], state["decoder"], state["prior"], int(state["num_images"]))
-    except Exception:  # any damage: say which file
-        raise ValueError(f"cached step costs {path} are unreadable; delete the file") from None
-    if stored != meta:
-        raise ValueError(
-            f"cached step costs {path} belong to another checkpoint or setting; delete the "
-            "file to compute them again"
+def _costs_check(num_t: int):
+    """A stored cost matrix is sound: the shapes `bound_cost_matrix` returns for T steps."""
+
+    def check(values: Any) -> BoundCosts:
+        shapes = {"kl": (num_t, num_t), "decoder": (num_t, num_t), "prior": (num_t,)}
+        tables = {k: values[k] for k in shapes}
+        ok = all(
+            isinstance(v, torch.Tensor) and tuple(v.shape) == shapes[k] and not v.isnan().any()
+            for k, v in tables.items()
         )
-    return costs
+        if not ok:
+            raise Damaged("cost tables of the wrong shape")
+        return BoundCosts(**tables, num_images=int(values["num_images"]))
+
+    return check
 
 
-def cost_matrix(
-    job: StepsJob, loaded: LoadedModel, device: torch.device | str, progress: Progress = silent
-) -> BoundCosts:
+def cost_matrix(job: StepsJob, loaded: LoadedModel, ctx: JobContext) -> BoundCosts:
     """The costs of every jump of the model's base process (cached in the run)."""
-    meta = _meta(job, loaded)
-    path = cache_path(loaded, "step_costs", meta, ".pt")
-    costs = _cached_costs(path, meta)
-    if costs is not None:
-        return costs
     diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, "")
-    eps_moments = None
-    if job.sigma == "analytic":
-        cfg = SampleConfig(steps="", sampler="analytic")
-        eps_moments = sampler_options(loaded, cfg, device, job.stats, progress).eps_moments
-    ds = data_for_model(loaded.config, job.data or None, job.split, job.num_images)
-    kwargs = {} if ds.labels is None else {"y": torch.as_tensor(ds.labels, device=device)}
-    with progress(f"step costs on {len(ds)} images", len(ds), "img") as bar:
-        costs = bound_cost_matrix(
-            model_fn,
-            diffusion,
-            to_model_range(ds.images).to(device),
-            seed=job.seed,
-            batch_size=job.batch_size,
-            timestep_batch=job.timestep_batch,
-            eps_moments=eps_moments,
-            decoder_steps=job.decoder_steps,
-            model_kwargs=kwargs,
-            progress=running_total(bar),  # it reports images done so far
-        )
-    if runtime.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"meta": json.dumps(meta), "kl": costs.kl, "decoder": costs.decoder,
-                 "prior": costs.prior, "num_images": costs.num_images}  # fmt: skip
-        with contextlib.suppress(OSError):  # a read-only run is used without a cache
-            atomic_write(path, lambda f: torch.save(state, f))
-    return costs
+
+    def compute() -> dict[str, Any]:
+        needs = registry.SIGMAS[job.sigma].statistics
+        stats = statistics_for(loaded, needs, diffusion, model_fn, ctx.replace(stats=job.stats))
+        ds = data_for_model(loaded.config, job.data or None, job.split, job.num_images)
+        device = ctx.device
+        kwargs = {} if ds.labels is None else {"y": torch.as_tensor(ds.labels, device=device)}
+        with ctx.progress(f"step costs on {len(ds)} images", len(ds), "img") as bar:
+            costs = bound_cost_matrix(
+                model_fn,
+                diffusion,
+                to_model_range(ds.images).to(device),
+                seed=job.seed,
+                batch_size=job.batch_size,
+                timestep_batch=job.timestep_batch,
+                eps_moments=stats.get("gamma"),
+                decoder_steps=job.decoder_steps,
+                model_kwargs=kwargs,
+                progress=running_total(bar),  # it reports images done so far
+            )
+        return {"kl": costs.kl, "decoder": costs.decoder, "prior": costs.prior,
+                "num_images": costs.num_images}  # fmt: skip
+
+    check = _costs_check(diffusion.num_timesteps)
+    return ctx.cache(loaded.checkpoint).tensors("step_costs", _meta(job, loaded), compute, check)
 
 
-def schedules(
-    job: StepsJob, loaded: LoadedModel, device: torch.device | str, progress: Progress = silent
-) -> list[dict[str, Any]]:
+def schedules(job: StepsJob, loaded: LoadedModel, ctx: JobContext) -> list[dict[str, Any]]:
     """For each K: the least-bound spec and its bound, beside the even spacing's bound."""
     _check(job, loaded.config.diffusion.num_timesteps)
-    costs = cost_matrix(job, loaded, device, progress)
+    costs = cost_matrix(job, loaded, ctx)
     rows = []
     for k in job.nfe:
         steps, bound = optimal_steps(costs, k)
@@ -176,10 +163,10 @@ def optimal_schedules(
 ) -> dict[str, Any]:
     """The `iddpm steps` job; the summary is also written as OUT_DIR/steps_<sigma>.json."""
     loaded = load_model(job.checkpoint, device=device)
-    out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "eval"
+    out_dir = job.out_dir or run_of(loaded.checkpoint).eval
     check_writable_dir(out_dir, "--out-dir")
     start = time.perf_counter()
-    rows = schedules(job, loaded, device, progress)
+    rows = schedules(job, loaded, JobContext(device, progress, stats=job.stats))
     result = {
         "schedules": rows,
         "sigma": job.sigma,

@@ -4,8 +4,6 @@ Figure 8 view, extended to other samplers)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,24 +11,22 @@ from typing import Any
 
 import torch
 
-from iddpm._io import write_json, write_text
+from iddpm._io import write_csv, write_json
 from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig, SampleConfig
-from iddpm.diffusion import registry
+from iddpm.diffusion import registry, respace
 from iddpm.workflows import runtime
+from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.nll import bits_per_dim_of
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import plot_metric_vs_steps
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
-from iddpm.workflows.runs import check_writable_dir, run_dir_of
+from iddpm.workflows.runs import check_writable_dir, run_of
 from iddpm.workflows.sample import num_steps
-from iddpm.workflows.statistics import StatsConfig
 from iddpm.workflows.steps import StepsJob, schedules
 
-# Samplers whose K-step process has a bound (its reverse variance, for --sigma): the
-# deterministic solvers (ddim with eta 0, dpmpp*) define no likelihood.
-BOUND_SIGMA = {"ancestral": "model", "analytic": "analytic"}
-SPACINGS = ("", "trailing", "logsnr", "ddim")
+SPACINGS = ("", *respace.SPACINGS)  # "" = even
 OPTIMAL = "bound-optimal"
 
 
@@ -62,9 +58,10 @@ class SweepJob:
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the sweep: what is sampled, and its label in tables and plots."""
+    """One row of the sweep: the plan of what is sampled, its label in tables and plots,
+    and the schedule's name."""
 
-    sample: SampleConfig
+    plan: SamplingPlan
     label: str
     schedule: str
 
@@ -75,31 +72,31 @@ def _spec(job: SweepJob, text: str, num_timesteps: int) -> str:
     return f"{job.spacing}{text}" if text.isdigit() else text
 
 
-def _plan(job: SweepJob, loaded: LoadedModel, device: Any, progress: Progress) -> list[Entry]:
+def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
     """Every sampling request of the sweep, validated before any work (the bound-optimal
     schedules are computed here, since they are part of the plan)."""
     if job.spacing not in SPACINGS:
-        raise ValueError(f"unknown --spacing {job.spacing!r}; choose even, trailing, logsnr, ddim")
+        raise ValueError(
+            f"unknown --spacing {job.spacing!r}; choose even, {', '.join(SPACINGS[1:])}"
+        )
     T = loaded.config.diffusion.num_timesteps
     specs = [_spec(job, s, T) for s in job.steps]
-    plan = []
+    base = SampleConfig(num=job.num, batch_size=job.batch_size, seed=job.seed)
+    entries = []
     for name in job.samplers:
         options = job.sampler_options.get(name, {})
-        registry.make_options(name, options)
         for spec in specs:
-            num_steps(loaded, spec)
-            cfg = SampleConfig(num=job.num, steps=spec, sampler=name, sampler_options=options,
-                               batch_size=job.batch_size, seed=job.seed)  # fmt: skip
-            plan.append(Entry(cfg, name, job.spacing or "even"))
+            request = base.replace(steps=spec, sampler=name, sampler_options=options)
+            plan = SamplingPlan(loaded, request, ctx)
+            entries.append(Entry(plan, plan.label, job.spacing or "even"))
     if job.optimal_steps:
         counts = tuple(sorted({num_steps(loaded, s) for s in specs}))
         steps_job = StepsJob(job.checkpoint, nfe=counts, num_images=job.steps_images,
                              seed=job.seed, stats=job.stats)  # fmt: skip
-        for row in schedules(steps_job, loaded, device, progress):
-            cfg = SampleConfig(num=job.num, steps=row["spec"], batch_size=job.batch_size,
-                               seed=job.seed)  # fmt: skip
-            plan.append(Entry(cfg, f"ancestral ({OPTIMAL} steps)", OPTIMAL))
-    return plan
+        for row in schedules(steps_job, loaded, ctx):
+            plan = SamplingPlan(loaded, base.replace(steps=row["spec"]), ctx)
+            entries.append(Entry(plan, f"{plan.label} ({OPTIMAL} steps)", OPTIMAL))
+    return entries
 
 
 def sweep(
@@ -108,13 +105,14 @@ def sweep(
     """The `iddpm sweep` job: rows of (sampler, schedule, K, scores[, bpd]) written to
     OUT/sweep.csv, plots of FID (and the bound) against K with one line per sampler, and
     the summary as OUT/sweep.json."""
+    ctx = JobContext(device, progress, stats=job.stats)
     loaded = load_model(job.checkpoint, device=device)
-    out_dir = job.out_dir or run_dir_of(loaded.checkpoint) / "sweep"
+    out_dir = job.out_dir or run_of(loaded.checkpoint).sweep
     check_writable_dir(out_dir, "--out-dir")
-    plan = _plan(job, loaded, device, progress)
+    entries = _plan(job, loaded, ctx)
     extractor = extractor_for(job.features, device)
     ref = reference(job.ref or loaded.config.train.data, "train", extractor, job.batch_size)
-    rows = [_row(job, entry, loaded, extractor, ref, out_dir, device, progress) for entry in plan]
+    rows = [_row(job, entry, extractor, ref, out_dir) for entry in entries]
     result: dict[str, Any] = {"rows": rows, "features": extractor.name}
     if runtime.is_main():
         result.update(_write(out_dir, rows, extractor.name))
@@ -122,31 +120,33 @@ def sweep(
     return result
 
 
-def _row(job, entry, loaded, extractor, ref, out_dir, device, progress) -> dict[str, Any]:
-    cfg = entry.sample
-    k = num_steps(loaded, cfg.steps)
-    tag = entry.label.split(" ")[0] + ("" if entry.schedule == "even" else f"-{entry.schedule}")
+def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str, Any]:
+    plan = entry.plan
+    k = plan.num_steps
+    tag = plan.request.sampler + ("" if entry.schedule == "even" else f"-{entry.schedule}")
     npz = out_dir / f"samples_{tag}_{k}steps.npz"
-    scores = sample_and_score(
-        loaded, cfg, extractor, ref, device, progress, save_as=npz, stats=job.stats
-    )
+    scores = sample_and_score(plan, extractor, ref, save_as=npz)
     scores.pop("images")
-    row = {"sampler": entry.label, "schedule": entry.schedule, "steps": k, "spec": cfg.steps}
+    row = {
+        "sampler": entry.label,
+        "schedule": entry.schedule,
+        "steps": k,
+        "spec": plan.request.steps,
+    }
     row.update(scores)
-    sigma = BOUND_SIGMA.get(cfg.sampler)
+    sigma = plan.entry.bound_sigma
     if job.nll_images and sigma is not None:
-        ecfg = EvalConfig(steps=cfg.steps, num_images=job.nll_images, seed=job.seed, sigma=sigma)
-        row["bpd"] = bits_per_dim_of(loaded, ecfg, device, progress, stats=job.stats).bpd
+        ecfg = EvalConfig(
+            steps=plan.request.steps, num_images=job.nll_images, seed=job.seed, sigma=sigma
+        )
+        row["bpd"] = bits_per_dim_of(plan.loaded, ecfg, plan.ctx).bpd
     return row
 
 
 def _write(out_dir: Path, rows: list[dict[str, Any]], feature_name: str) -> dict[str, str]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=keys, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    paths = {"csv": str(write_text(out_dir / "sweep.csv", text.getvalue()))}
+    table = [[r.get(k, "") for k in keys] for r in rows]
+    paths = {"csv": str(write_csv(out_dir / "sweep.csv", keys, table))}
     steps = sorted({r["steps"] for r in rows})
     paths["fid_plot"] = str(
         plot_metric_vs_steps(

@@ -23,6 +23,7 @@ import torch
 from iddpm import distributed
 from iddpm._io import truncate_jsonl, write_json
 from iddpm.build import (
+    LoadedModel,
     build_diffusion,
     build_timestep_sampler,
     build_unet,
@@ -36,18 +37,19 @@ from iddpm.checkpoint import (
     checkpoint_config,
     list_checkpoints,
     load_checkpoint,
+    run_dir,
 )
 from iddpm.config import ExperimentConfig, SampleConfig
 from iddpm.data.loader import ImageBatches
-from iddpm.generate import sample_images
 from iddpm.presets import get_preset
 from iddpm.train.rules import split_batch
 from iddpm.train.trainer import Trainer
+from iddpm.workflows.context import JobContext
 from iddpm.workflows.data import data_for_model
+from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import (
-    cache_folder,
     check_new_run,
     check_run_writable,
     has_checkpoints,
@@ -145,9 +147,11 @@ def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int =
     def hook(trainer: Trainer) -> None:
         model = build_unet(cfg.model).to(device).eval()
         model.load_state_dict(trainer.inference_state_dict())
-        samples = sample_images(model, cfg, scfg, device)
+        loaded = LoadedModel(cfg, model, run_dir(run).checkpoint_path(trainer.step_count))
+        samples, _ = SamplingPlan(loaded, scfg, JobContext(device)).draw_all()
         if distributed.is_main():
-            save_image_grid(run / "samples" / f"grid_{trainer.step_count:08d}.png", samples.images)
+            path = run_dir(run).samples / f"grid_{trainer.step_count:08d}.png"
+            save_image_grid(path, samples.images)
 
     return hook
 
@@ -209,7 +213,7 @@ def _last_saved_step(run: Path) -> int:
     return found[-1][0] if found else 0
 
 
-def _progress_callback(bar, total_steps: int, max_seconds: float | None):
+def _progress_callback(bar, max_seconds: float | None):
     start, last = time.perf_counter(), [0.0]
 
     def on_step(trainer: Trainer, record: dict[str, Any]) -> None:
@@ -241,16 +245,15 @@ def train(
     if job.resume:
         trainer.resume(run)
     if cfg.train.compile:  # after every check; a resumed compiled run reuses its kernels
-        use_inductor_cache(cache_folder(run, "inductor"))
+        use_inductor_cache(run_dir(run).cache("inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
-    total = cfg.train.steps
-    bar_total = max_seconds if max_seconds else total
+    bar_total = max_seconds if max_seconds else cfg.train.steps
     unit = "s" if max_seconds else "step"
     with progress("train", bar_total, unit) as bar:
         if not max_seconds:
             bar.update(trainer.step_count)
-        trainer.on_step = _progress_callback(bar, total, max_seconds)
+        trainer.on_step = _progress_callback(bar, max_seconds)
         try:
             summary = trainer.run(max_seconds=max_seconds)
         except BaseException:
