@@ -26,7 +26,15 @@ from iddpm.eval.features import (
     save_digits_classifier,
     train_digits_classifier,
 )
-from iddpm.eval.fid import FeatureExtractor, compute_stats, fid_from_stats
+from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
+
+
+def compute_stats(extractor, images: np.ndarray, batch_size: int = 256) -> FeatureStats:
+    """FID statistics of images through an extractor, batch by batch."""
+    stats = FeatureStats(dim=extractor.dim, extractor=extractor.name)
+    for lo in range(0, len(images), batch_size):
+        stats.add(extractor(images[lo : lo + batch_size]))
+    return stats
 
 
 @pytest.fixture(scope="module")
