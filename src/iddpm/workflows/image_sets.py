@@ -199,3 +199,8 @@ def _job_folder(folder: Path) -> ImageSet:
     labels = None if shards is None else np.concatenate([a["labels"] for a in shards])
     return ImageSet(str(folder), "job", total, tuple(first.shape[1:]), read,
                     seed if isinstance(seed, int) else None, labels)  # fmt: skip
+
+
+def in_memory_set(source: str, samples) -> ImageSet:
+    """An ImageSet over samples in memory (`generate.Samples`: images and labels)."""
+    return _in_memory(source, "npz", samples.images, None, samples.labels)
