@@ -11,6 +11,7 @@ from iddpm.cli._command import job_command
 from iddpm.cli.options import compile_option, pop_stats_config, stats_options
 from iddpm.config import EVAL_SIGMAS, MC_METHODS, SPLITS, EvalConfig
 from iddpm.workflows.fid import SHARD_SIZE, FidJob, check_replicates, fid_of_files
+from iddpm.workflows.nll import SHARD_SIZE as NLL_SHARD_SIZE
 from iddpm.workflows.nll import NllJob, nll_to_files
 from iddpm.workflows.quality import FEATURES
 
@@ -69,17 +70,39 @@ POSITIVE = click.IntRange(min=1)
 )
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
+@click.option(
+    "--shard-size",
+    type=POSITIVE,
+    default=NLL_SHARD_SIZE,
+    show_default=True,
+    help="images per shard: a killed job rerun with the same command resumes from them",
+)
+@click.option(
+    "--job-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="keep the shards here (default: OUT_DIR/<tag>.job, removed when done)",
+)
 @compile_option
 @stats_options
 @job_command
 def nll(
-    checkpoint: Path, out_dir: Path | None, ema: bool, device: Any, progress: Any, **fields: Any
+    checkpoint: Path,
+    out_dir: Path | None,
+    ema: bool,
+    shard_size: int,
+    job_dir: Path | None,
+    device: Any,
+    progress: Any,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Bits/dim of a data set under the variational bound of CHECKPOINT (all T terms:
     decoder, KL terms, prior). Writes per-term CSV and a plot; last line is JSON."""
     stats, compile_ = pop_stats_config(fields), fields.pop("compile_")
     cfg = EvalConfig(use_ema=ema, **fields)
-    return nll_to_files(NllJob(checkpoint, cfg, out_dir, stats, compile_), device, progress)
+    return nll_to_files(
+        NllJob(checkpoint, cfg, out_dir, stats, compile_, shard_size, job_dir), device, progress
+    )
 
 
 @click.command()
