@@ -355,8 +355,8 @@ case("fid: negative --bootstrap", "--bootstrap")(
 def _(tmp, t):
     job = {"format": "iddpm-job", "format_version": 1, "kind": "fid-features", "total": 4,
            "shard_size": 3, "fields": {}}  # fmt: skip
-    (tmp / "job").mkdir()
-    (tmp / "job" / "manifest.json").write_text(json.dumps(job))
+    (tmp / "job" / "samples").mkdir(parents=True)
+    (tmp / "job" / "samples" / "manifest.json").write_text(json.dumps(job))
     return ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--job-dir", "job"]
 
 

@@ -88,11 +88,13 @@ def test_a_killed_feature_pass_resumes_to_the_same_bytes(tmp_path) -> None:
     assert whole.exit_code == 0, whole.stderr
     job = tmp_path / "job"
     first = invoke([*args, "--job-dir", job, "--out", tmp_path / "first.json"])
-    assert first.exit_code == 0 and sorted(p.name for p in job.iterdir()) == [
+    assert first.exit_code == 0 and sorted(p.name for p in (job / "samples").iterdir()) == [
         "manifest.json", "shard-00000.npz", "shard-00001.npz", "shard-00002.npz"
     ]  # fmt: skip
-    (job / "shard-00001.npz").unlink()
-    (job / "shard-00002.npz").write_bytes((job / "shard-00002.npz").read_bytes()[:100])
+    (job / "samples" / "shard-00001.npz").unlink()
+    shard = job / "samples" / "shard-00002.npz"
+    shard.write_bytes(shard.read_bytes()[:100])
+    (job / "reference" / "shard-00000.npz").unlink()  # the reference pass resumes too
     again = invoke([*args, "--job-dir", job, "--out", tmp_path / "again.json"])
     assert again.exit_code == 0, again.stderr
     strip = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k != "job_dir"}  # noqa: E731

@@ -30,14 +30,7 @@ from iddpm._io import write_json
 from iddpm.eval.bootstrap import LEVEL, Interval, check_replicates, interval, verdict
 from iddpm.eval.scorer import LOWER_IS_BETTER, ScoreOptions
 from iddpm.workflows import runtime
-from iddpm.workflows.fid import (
-    SHARD_SIZE,
-    FidJob,
-    feature_job,
-    job_folder_for,
-    reference,
-    score_images,
-)
+from iddpm.workflows.fid import SHARD_SIZE, job_root, reference, remove_job_root, score_images
 from iddpm.workflows.image_sets import ImageSet, open_images
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for
@@ -105,19 +98,20 @@ def compare_samples(job: CompareJob, device: torch.device | str, progress: Progr
     if job.ref is None:
         raise ValueError("comparing sample sets needs --ref (a data SPEC or statistics)")
     extractor = extractor_for(job.features, device)
-    ref = reference(job.ref, job.ref_split, extractor, job.batch_size, progress)
+    out = job.out or _default_out(job.a, job.b)
+    root, _ = job_root(out, None)
+    ref = reference(job.ref, job.ref_split, extractor, job.batch_size, root / "reference",
+                    SHARD_SIZE, progress)  # fmt: skip
     options = ScoreOptions(replicates=job.bootstrap, level=job.level)
     values, point = {}, {}
-    out = job.out or _default_out(job.a, job.b)
     for name, images in (("A", a), ("B", b)):
-        fid_job = FidJob(images.source, job.ref, batch_size=job.batch_size, shard_size=SHARD_SIZE)
-        folder, _ = job_folder_for(out.with_name(f"{out.name}.{name}.json"), None)
-        scorer = score_images(images, extractor, fid_job, folder, options, progress)
+        scorer = score_images(images, extractor, job.batch_size, SHARD_SIZE, root / name,
+                              options, progress, f"features of {name}")  # fmt: skip
         values[name] = scorer.values(ref.features)
         point[name] = scorer.result(ref.features)
-        distributed.barrier()  # every rank has read the shards before they go
-        if runtime.is_main():
-            feature_job(images, extractor, fid_job, folder).remove()
+    distributed.barrier()  # every rank has read the shards before they go
+    if runtime.is_main():
+        remove_job_root(root, ("reference", "A", "B"))
     metrics = {}
     for metric, lower in LOWER_IS_BETTER.items():
         if metric not in values["A"] or metric not in values["B"]:

@@ -18,7 +18,9 @@ number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from iddpm.data.npz import IMAGE_KEYS
 from iddpm.eval.bootstrap import check_replicates
 from iddpm.eval.fid import FeatureExtractor, FeatureStats
 from iddpm.eval.scorer import ReferenceFeatures, SampleScorer, ScoreOptions, extract
-from iddpm.shards import ShardedJob
+from iddpm.shards import MANIFEST, ShardedJob
 from iddpm.workflows import runtime
 from iddpm.workflows.image_sets import ImageSet, open_images
 from iddpm.workflows.progress import Progress, silent
@@ -118,9 +120,13 @@ def reference(
     split: str,
     extractor: FeatureExtractor,
     batch_size: int,
+    folder: Path,
+    shard_size: int = SHARD_SIZE,
     progress: Progress = silent,
 ) -> Reference:
-    """REF as features (module docstring); extraction is shared out over ranks."""
+    """REF as features (module docstring). Reference images go through the same sharded,
+    resumable feature pass as the samples (in `folder`), so the statistics are bitwise
+    the same on any number of ranks."""
     path = Path(ref)
     keys = _npz_keys(path)
     has_stats = keys is not None and any(k in keys for k in STATS_KEYS)
@@ -140,13 +146,10 @@ def reference(
         count = stats.count or None
     if has_images or keys is None:
         images = open_images(ref, split)
-        scorer = SampleScorer(extractor, images.total, ScoreOptions())
-        with progress("reference features", images.total, "img") as bar:
-            for k, (start, batch) in enumerate(images.batches(0, images.total, batch_size)):
-                if k % distributed.world_size() == distributed.rank():
-                    scorer.add(batch, start)
-                    bar.update(len(batch) * distributed.world_size())
-        scorer.all_reduce()
+        scorer = score_images(
+            images, extractor, batch_size, shard_size, folder, ScoreOptions(), progress,
+            "reference features",
+        )  # fmt: skip
         stats = stats or scorer.stats()
         spatial = spatial or scorer.spatial_stats()
         rows, count = scorer.rows, count or images.total
@@ -204,14 +207,16 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return a32 if np.array_equal(a32.astype(a.dtype), a) else a
 
 
-def feature_job(images: ImageSet, extractor: FeatureExtractor, job: FidJob, folder: Path):
+def feature_job(
+    images: ImageSet, extractor: FeatureExtractor, batch_size: int, shard_size: int, folder: Path
+) -> ShardedJob:
     fields = {
-        "samples": fingerprint(images),
+        "images": fingerprint(images),
         "extractor": extractor.name,
-        "batch_size": job.batch_size,
+        "batch_size": batch_size,
         "code_version": __version__,
     }
-    return ShardedJob(folder, "fid-features", fields, images.total, job.shard_size)
+    return ShardedJob(folder, "fid-features", fields, images.total, shard_size)
 
 
 def run_feature_pass(
@@ -220,13 +225,14 @@ def run_feature_pass(
     shards: ShardedJob,
     batch_size: int,
     progress: Progress = silent,
+    desc: str = "sample features",
 ) -> None:
     """Extract the features of every pending shard (shard k on rank k mod W), each written
     as soon as it is complete; returns when every rank is done."""
     shards.open(runtime.is_main())
     distributed.barrier()
     mine = shards.mine(distributed.rank(), distributed.world_size())
-    with progress("sample features", sum(len(shards.range(k)) for k in mine), "img") as bar:
+    with progress(desc, sum(len(shards.range(k)) for k in mine), "img") as bar:
         for k in mine:
             r = shards.range(k)
             parts = []
@@ -249,32 +255,46 @@ def score_shards(
     for k in range(shards.num_shards):
         arrays = shards.read(k)
         if arrays is None:
-            raise ValueError(f"shard {k} of {shards.folder} vanished; rerun the command")
+            raise ValueError(f"shard {k} of {shards.folder} vanished; run the command again")
         f64 = {name: np.asarray(a, np.float64) for name, a in arrays.items()}
-        scorer.add_features(
-            f64["pool"], f64.get("spatial"), f64.get("logits"), shards.range(k).start
-        )
+        start = shards.range(k).start
+        scorer.add_features(f64["pool"], f64.get("spatial"), f64.get("logits"), start)
     return scorer
 
 
 def score_images(
     images: ImageSet,
     extractor: FeatureExtractor,
-    job: FidJob,
+    batch_size: int,
+    shard_size: int,
     folder: Path,
     options: ScoreOptions,
     progress: Progress = silent,
+    desc: str = "sample features",
 ) -> SampleScorer:
-    shards = feature_job(images, extractor, job, folder)
-    run_feature_pass(images, extractor, shards, job.batch_size, progress)
+    """The resumable feature pass of an image set (in `folder`), scored."""
+    shards = feature_job(images, extractor, batch_size, shard_size, folder)
+    run_feature_pass(images, extractor, shards, batch_size, progress, desc)
     return score_shards(shards, extractor, options)
 
 
-def job_folder_for(out: Path, job_dir: Path | None) -> tuple[Path, bool]:
+def job_root(out: Path, job_dir: Path | None) -> tuple[Path, bool]:
     """(the job folder, whether to keep it): --job-dir is kept, the default removed."""
     if job_dir is not None:
         return job_dir, True
     return out.with_name(out.name.removesuffix(".json") + ".job"), False
+
+
+def remove_job_root(root: Path, parts: tuple[str, ...]) -> None:
+    """Delete the shard folders `parts` of a job folder, then the folder when empty."""
+    for part in parts:
+        folder = root / part
+        if (folder / MANIFEST).is_file():
+            manifest = json.loads((folder / MANIFEST).read_text())
+            ShardedJob(folder, manifest["kind"], manifest["fields"], manifest["total"],
+                       manifest["shard_size"]).remove()  # fmt: skip
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def fid_of_files(
@@ -284,7 +304,7 @@ def fid_of_files(
     if job.bootstrap:
         check_replicates(job.bootstrap)
     out = job.out or default_output(job.samples)
-    folder, keep = job_folder_for(out, job.job_dir)
+    root, keep = job_root(out, job.job_dir)
     outputs = {"--out": out} | ({"--save-ref": job.save_ref} if job.save_ref else {})
     for flag, path in outputs.items():
         check_output_file(path, flag)
@@ -292,9 +312,15 @@ def fid_of_files(
     check_outputs_spare_inputs(outputs, inputs)
     images = open_images(job.samples, "train")
     extractor = extractor_for(job.features, device)
-    ref = reference(job.ref, job.ref_split, extractor, job.batch_size, progress)
+    feature_job(images, extractor, job.batch_size, job.shard_size, root / "samples").check()
+    ref = reference(
+        job.ref, job.ref_split, extractor, job.batch_size, root / "reference", job.shard_size,
+        progress,
+    )  # fmt: skip
     options = ScoreOptions(replicates=job.bootstrap)
-    scorer = score_images(images, extractor, job, folder, options, progress)
+    scorer = score_images(
+        images, extractor, job.batch_size, job.shard_size, root / "samples", options, progress
+    )
     with progress("metrics", None, "task"):
         scores = scorer.result(ref.features)
     result: dict[str, Any] = {
@@ -314,10 +340,10 @@ def fid_of_files(
         if job.save_ref is not None:
             result["saved_ref"] = str(save_reference(job.save_ref, ref))
         write_json(out, result)
-        if not keep:
-            feature_job(images, extractor, job, folder).remove()
+        if keep:
+            result["job_dir"] = str(root)
         else:
-            result["job_dir"] = str(folder)
+            remove_job_root(root, ("samples", "reference"))
     return result
 
 
