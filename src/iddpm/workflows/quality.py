@@ -20,9 +20,10 @@ import torch
 
 from iddpm import distributed
 from iddpm.data.spec import load_dataset
-from iddpm.eval.features import EXTRACTORS, classifier_confidence, get_extractor
-from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
-from iddpm.eval.precision_recall import precision_recall
+from iddpm.eval.bootstrap import interval
+from iddpm.eval.features import EXTRACTORS, get_extractor
+from iddpm.eval.fid import FeatureExtractor, FeatureStats
+from iddpm.eval.scorer import ReferenceFeatures, SampleScorer, ScoreOptions
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.sample import write_samples
 
@@ -100,25 +101,57 @@ def reference(
     return Reference(stats, ref, features[:PR_MAX_FEATURES])
 
 
+BOOTSTRAP = 100  # replicates behind the intervals of sweeps and the demo's leaderboard
+KID_SUBSETS = 10  # KID's subsets in sweeps (a row stays fast; `iddpm fid` uses 100)
+
+
 def score(
-    images: np.ndarray, extractor: FeatureExtractor, ref: Reference, batch_size: int = 256
+    images: np.ndarray,
+    extractor: FeatureExtractor,
+    ref: Reference,
+    batch_size: int = 256,
+    replicates: int = BOOTSTRAP,
 ) -> dict[str, Any]:
-    """FID of uint8 images [N, H, W, C] against the reference; precision and recall (k = 3)
-    when the reference has features and both sets have more than k images; on the digits
-    also the classifier's confidence (share of samples with p ≥ 0.9 and friends)."""
-    features, stats = image_features(extractor, images, batch_size)
-    out: dict[str, Any] = {
-        "fid": fid_from_stats(stats, ref.stats),
-        "num_samples": int(stats.count),
-        "precision": None,
-        "recall": None,
-    }
-    if ref.features is not None and min(len(ref.features), len(features)) > PR_K:
-        pr = precision_recall(ref.features, features[:PR_MAX_FEATURES], k=PR_K)
-        out.update(precision=pr.precision, recall=pr.recall)
-    if hasattr(extractor, "predict_proba"):
-        out.update(classifier_confidence(extractor.predict_proba(images)))
+    """Every metric of uint8 images [N, H, W, C] against the reference (`eval.scorer`:
+    FID, Inception Score, KID and precision/recall (k = 3) when the reference has features,
+    the classifier's confidence on the digits) with `replicates` Poisson-bootstrap
+    replicates: `fid_low`/`fid_high` bound a 95% interval, and the private key
+    "_replicates" holds each metric's replicates (index 0 the estimate) for paired
+    comparisons between rows drawn with the same seed."""
+    options = ScoreOptions(replicates=replicates, kid_subsets=KID_SUBSETS)
+    scorer = SampleScorer(extractor, len(images), options)
+    for lo in range(0, len(images), batch_size):
+        scorer.add(images[lo : lo + batch_size], lo)
+    features = ReferenceFeatures(ref.stats, None, ref.features)
+    values = scorer.values(features)
+    out = scorer.result(features)
+    out.pop("sfid", None)  # no spatial reference statistics here
+    intervals = out.pop("intervals", {})
+    for name in ("fid", "inception_score"):
+        if name in intervals:
+            out[f"{name}_low"] = intervals[name]["low"]
+            out[f"{name}_high"] = intervals[name]["high"]
+    out["_replicates"] = values
     return out
+
+
+def mark_ties(rows: list[dict[str, Any]], metric: str = "fid", level: float = 0.95) -> None:
+    """Mark, in place, each row whose `metric` is not significantly worse than the best
+    row's (paired bootstrap of the difference: the rows were drawn with one seed):
+    row["fid_vs_best"] = "best", "tie" (interval of the difference contains 0) or "worse".
+    Rows without replicates are left alone; the private "_replicates" are removed."""
+    scored = [r for r in rows if "_replicates" in r and metric in r["_replicates"]]
+    if scored:
+        best = min(scored, key=lambda r: r[metric])
+        ref = best["_replicates"][metric]
+        for r in scored:
+            if r is best:
+                r[f"{metric}_vs_best"] = "best"
+                continue
+            diff = interval(r["_replicates"][metric] - ref, level)
+            r[f"{metric}_vs_best"] = "tie" if diff.low <= 0.0 else "worse"
+    for r in rows:
+        r.pop("_replicates", None)
 
 
 def sample_and_score(
@@ -126,13 +159,14 @@ def sample_and_score(
     extractor: FeatureExtractor,
     ref: Reference,
     save_as: Path | None = None,
+    replicates: int = BOOTSTRAP,
 ) -> dict[str, Any]:
-    """Draw the plan's samples, score them, optionally save them (save_as: .npz, with a
-    .png grid beside it). Returns the scores and timings (and the images)."""
+    """Draw the plan's samples, score them (`score`), optionally save them (save_as: .npz,
+    with a .png grid beside it). Returns the scores and timings (and the images)."""
     samples, seconds = plan.draw_all()
     row: dict[str, Any] = {"sample_seconds": round(seconds, 3)}
     if save_as is not None:
         row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))
-    row.update(score(samples.images, extractor, ref, plan.request.batch_size))
+    row.update(score(samples.images, extractor, ref, plan.request.batch_size, replicates))
     row["images"] = samples.images
     return row
