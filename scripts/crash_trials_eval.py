@@ -31,7 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+import iddpm
+
+# the children run in other folders: this iddpm's folder goes on their path
+SRC = str(Path(iddpm.__file__).resolve().parents[1])
+PATH = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": PATH}
 TINY_TRAIN = [
     *("--steps", "2", "--batch-size", "4", "--model-channels", "32", "--channel-mult", "1,2"),
     *("--num-res-blocks", "1", "--attention-resolutions", "4", "--num-heads", "2"),
