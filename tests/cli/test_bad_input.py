@@ -396,6 +396,38 @@ def _(tmp, t):
     return ["export", shutil.copy(t.samples, tmp), "out"]
 
 
+def foreign_job(tmp: Path, kind: str, total: int, shard_size: int) -> Path:
+    """A job folder whose manifest records another request (seed 99)."""
+    manifest = {"format": "iddpm-job", "format_version": 1, "kind": kind, "total": total,
+                "shard_size": shard_size, "fields": {"seed": 99}}  # fmt: skip
+    (tmp / "job").mkdir()
+    (tmp / "job" / "manifest.json").write_text(json.dumps(manifest))
+    return tmp / "job"
+
+
+case("sample: --job-dir of another request", "started with")(
+    lambda tmp, t: [
+        "sample",
+        run_copy(tmp, t),
+        *SAMPLE,
+        "--shard-size",
+        "1000",
+        "--job-dir",
+        foreign_job(tmp, "sample", 2, 1000),
+    ]
+)
+case("nll: --job-dir of another request", "started with")(
+    lambda tmp, t: [
+        "nll",
+        run_copy(tmp, t),
+        "--num-images",
+        "2",
+        "--job-dir",
+        foreign_job(tmp, "nll", 2, 1000),
+    ]
+)
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

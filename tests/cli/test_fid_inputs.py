@@ -104,3 +104,14 @@ def test_a_killed_feature_pass_resumes_to_the_same_bytes(tmp_path) -> None:
     changed = invoke(["fid", tmp_path / "s.npz", "--ref", "digits", "--shard-size", "45",
                       "--job-dir", job, "--out", tmp_path / "y.json"])  # fmt: skip
     assert changed.exit_code == 2 and "shard_size" in changed.stderr
+
+
+def test_a_sample_job_folder_scores_like_its_npz(random_run, tmp_path) -> None:
+    run, _ = random_run
+    sample = invoke(["sample", run, "--num", "12", "--steps", "3", "--shard-size", "5",
+                     "--out", tmp_path / "s.npz", "--job-dir", tmp_path / "job"])  # fmt: skip
+    assert sample.exit_code == 0, sample.stderr
+    a = _json(invoke(["fid", tmp_path / "s.npz", "--ref", "digits", "--out", tmp_path / "a.json"]))
+    b = _json(invoke(["fid", tmp_path / "job", "--ref", "digits", "--out", tmp_path / "b.json"]))
+    for key in ("fid", "sfid", "inception_score", "kid", "precision", "recall"):
+        assert a[key] == b[key], key

@@ -169,10 +169,11 @@ def nll_to_files(
     ctx = JobContext(device, progress, stats=job.stats, compile=job.compile)
     num_steps(loaded, cfg.steps)  # the step spec, before loading any data
     ds = data_for_model(loaded.config, cfg.data or None, cfg.split, cfg.num_images)
-    table = reverse_variance(loaded, cfg.steps, cfg.sigma, ctx)
     digest = images_digest(ds.images)
     folder = job.job_dir or out_dir / f"{name}.job"
     shards = nll_job(loaded, job, folder, len(ds), digest, torch.device(device).type)
+    shards.check()  # a folder of another request is refused before anything is written
+    table = reverse_variance(loaded, cfg.steps, cfg.sigma, ctx)
     process = bound_process(compiled(loaded, ctx.compile), cfg, table)
     measure_shards(loaded, process, ds, cfg, shards, ctx)
     result = assemble(shards, process, cfg)
