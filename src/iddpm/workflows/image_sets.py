@@ -5,7 +5,8 @@ job folder, a prepared data folder or any data SPEC.
 image headers, the .npz's from its .npy header, a job folder's completeness) and returns an
 `ImageSet` whose `read(lo, hi)` gives the uint8 rows lo..hi−1. Nothing but the batch being
 read is held for an .npz stored as uint8 [N, H, W, C] (or [N, H, W]): its rows are read
-straight from the archive member; other layouts are loaded whole.
+straight from the archive member; other layouts (and compressed archives) are loaded
+whole.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def _npz_rows(path: Path, shape: tuple[int, int, int, int]):
     if key is None:
         return None
     name = f"{key}.npy"
+    with zipfile.ZipFile(path) as z:
+        if z.getinfo(name).compress_type != zipfile.ZIP_STORED:
+            return None  # np.savez_compressed: seeking would decompress from the start
     with zipfile.ZipFile(path) as z, z.open(name) as m:
         version = np.lib.format.read_magic(m)
         if version != (1, 0):
