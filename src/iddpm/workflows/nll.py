@@ -17,6 +17,7 @@ from iddpm import __version__, distributed
 from iddpm._io import atomic_write, write_json
 from iddpm.build import LoadedModel, load_model
 from iddpm.config import EvalConfig
+from iddpm.diffusion import registry
 from iddpm.eval.nll import (
     NllResult,
     bound_of_range,
@@ -111,7 +112,7 @@ def nll_job(loaded, job: NllJob, folder: Path, n: int, digest: str, device: str)
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
         "timestep_batch": cfg.timestep_batch,
-        "stats": dataclasses.asdict(job.stats) if cfg.sigma == "analytic" else None,
+        "stats": dataclasses.asdict(job.stats) if registry.SIGMAS[cfg.sigma].statistics else None,
         "precision": "float32",
         "compile": job.compile,
         "device": device,
