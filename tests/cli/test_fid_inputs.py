@@ -23,6 +23,7 @@ def _json(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # end to end through the CLI: seconds
 def test_prepared_data_folder_as_ref_prints_no_warning(tmp_path) -> None:
     """The bad-input campaign's fourth finding: a memory-mapped (read-only) reference made
     PyTorch warn on stderr; now stderr holds progress bars only."""
@@ -79,6 +80,7 @@ def test_image_folder_npz_and_reference_batch_agree(tmp_path) -> None:
     assert any("need reference images" in note for note in only["notes"])
 
 
+@pytest.mark.slow  # end to end through the CLI: seconds
 def test_a_killed_feature_pass_resumes_to_the_same_bytes(tmp_path) -> None:
     """Shards of an interrupted pass (here: shard 1 of 3 missing, shard 2 truncated) are
     redone; the summary is bitwise that of an uninterrupted run, and --job-dir is kept."""
@@ -106,6 +108,7 @@ def test_a_killed_feature_pass_resumes_to_the_same_bytes(tmp_path) -> None:
     assert changed.exit_code == 2 and "shard_size" in changed.stderr
 
 
+@pytest.mark.slow  # end to end through the CLI: seconds
 def test_a_sample_job_folder_scores_like_its_npz(random_run, tmp_path) -> None:
     run, _ = random_run
     sample = invoke(["sample", run, "--num", "12", "--steps", "3", "--shard-size", "5",

@@ -81,6 +81,7 @@ def test_a_sample_job_folder_of_another_request_is_refused(random_run, tmp_path,
     assert not (tmp_path / "b.npz").exists()
 
 
+@pytest.mark.slow  # two bounds and their plots: ~6 s
 def test_nll_resumes_to_the_same_bytes(random_run, tmp_path):
     run, _ = random_run
     cfg = EvalConfig(num_images=6, batch_size=2, steps="4")

@@ -193,10 +193,13 @@ class SampleScorer:
             out["kid_std"] = np.full(len(w.T), per_subset[0].std())  # over subsets
         return out
 
-    def result(self, ref: ReferenceFeatures) -> dict[str, Any]:
+    def result(
+        self, ref: ReferenceFeatures, values: dict[str, np.ndarray] | None = None
+    ) -> dict[str, Any]:
         """The metrics (None where the inputs do not allow one) and, with replicates, the
-        bootstrap interval of each under "intervals"."""
-        values = self.values(ref)
+        bootstrap interval of each under "intervals"; `values`: what `values(ref)` gave,
+        when the caller has it already."""
+        values = dict(self.values(ref) if values is None else values)
         out: dict[str, Any] = {"num_samples": self.total}
         for name in ("fid", "sfid", "inception_score", "kid", "precision", "recall"):
             out[name] = float(values[name][0]) if name in values else None

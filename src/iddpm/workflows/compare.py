@@ -108,7 +108,7 @@ def compare_samples(job: CompareJob, device: torch.device | str, progress: Progr
         scorer = score_images(images, extractor, job.batch_size, SHARD_SIZE, root / name,
                               options, progress, f"features of {name}")  # fmt: skip
         values[name] = scorer.values(ref.features)
-        point[name] = scorer.result(ref.features)
+        point[name] = scorer.result(ref.features, values[name])
     distributed.barrier()  # every rank has read the shards before they go
     if runtime.is_main():
         remove_job_root(root, ("reference", "A", "B"))

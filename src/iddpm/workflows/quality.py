@@ -124,7 +124,7 @@ def score(
         scorer.add(images[lo : lo + batch_size], lo)
     features = ReferenceFeatures(ref.stats, None, ref.features)
     values = scorer.values(features)
-    out = scorer.result(features)
+    out = scorer.result(features, values)
     out.pop("sfid", None)  # no spatial reference statistics here
     intervals = out.pop("intervals", {})
     for name in ("fid", "inception_score"):
