@@ -34,7 +34,7 @@ from iddpm.workflows.data import data_for_model
 from iddpm.workflows.plan import compiled
 from iddpm.workflows.plots import plot_bound_terms
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_writable_dir, run_of
+from iddpm.workflows.runs import check_writable_dir, remove_stale_temporaries_of, run_of
 from iddpm.workflows.sample import num_steps
 from iddpm.workflows.statistics import reverse_variance
 
@@ -189,6 +189,8 @@ def nll_to_files(
     }
     distributed.barrier()  # every rank has read the shards
     if runtime.is_main():
+        for suffix in ("_terms.csv", "_terms.png", "_per_image.npz", ".json"):
+            remove_stale_temporaries_of(out_dir / f"{name}{suffix}")  # of a killed earlier run
         if result.exact:
             csv_path = write_terms_csv(out_dir / f"{name}_terms.csv", result)
             plot_path = plot_bound_terms(
