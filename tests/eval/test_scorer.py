@@ -76,3 +76,11 @@ def test_missing_or_repeated_samples_are_refused(setup) -> None:
         s.add(test[:60], 150)
     with pytest.raises(ValueError, match="no samples"):
         SampleScorer(ex, 0, ScoreOptions())
+
+
+def test_a_bootstrap_too_large_for_memory_is_refused() -> None:
+    class Wide:
+        name, dim, spatial_dim, comparable_to_inception = "inception-fid", 2048, 2023, True
+
+    with pytest.raises(ValueError, match="--bootstrap"):
+        SampleScorer(Wide(), 10, ScoreOptions(replicates=500))

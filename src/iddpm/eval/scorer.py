@@ -72,6 +72,21 @@ def extract(extractor: FeatureExtractor, images: np.ndarray) -> tuple:
     return np.asarray(extractor(images), np.float64), None, None
 
 
+MAX_STATE_BYTES = 8 * 2**30  # the running sums of all replicates (Inception: ~64 MB each)
+
+
+def check_memory(extractor: FeatureExtractor, replicates: int) -> None:
+    """Refuse a bootstrap whose running sums would not fit MAX_STATE_BYTES."""
+    d, ds = extractor.dim, getattr(extractor, "spatial_dim", None) or 0
+    per = (d * d + ds * ds) * 8
+    if (1 + replicates) * per > MAX_STATE_BYTES:
+        most = MAX_STATE_BYTES // per - 1
+        raise ValueError(
+            f"--bootstrap {replicates} keeps {(1 + replicates) * per / 2**30:.1f} GiB of "
+            f"running sums for the {extractor.name} features; use --bootstrap {most} or fewer"
+        )
+
+
 class SampleScorer:
     """Streaming state of every metric of N generated samples (module docstring)."""
 
@@ -80,6 +95,7 @@ class SampleScorer:
             raise ValueError("no samples to score; pass a non-empty set of images")
         self.extractor, self.total, self.options = extractor, total, options
         r = 1 + options.replicates
+        check_memory(extractor, options.replicates)
         self.pool = ReplicatedMoments(extractor.dim, r, extractor.name)
         spatial_dim = getattr(extractor, "spatial_dim", None)
         num_classes = getattr(extractor, "num_classes", None)
