@@ -127,11 +127,20 @@ class ShardedJob:
         whether it held this job already. Removes temporaries of killed writers."""
         existed = self.check()
         if is_main:
+            self.created = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.folder)
             if not existed:
                 write_text(self.folder / MANIFEST, dumps(self.manifest(), indent=1) + "\n")
         return existed
+
+    def discard_if_unused(self) -> None:
+        """After a failure (not an interruption): remove the folder when this process
+        created it and no shard was finished, so a rejected request leaves nothing."""
+        if getattr(self, "created", False) and not any(
+            self.done(k) for k in range(self.num_shards)
+        ):
+            self.remove()
 
     # ---- shards --------------------------------------------------------------------------
     @property

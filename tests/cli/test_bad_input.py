@@ -428,6 +428,12 @@ case("nll: --job-dir of another request", "started with")(
 )
 
 
+@case("fid: --ref images the extractor cannot read", "8, 8, 1")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", arr_0=np.zeros((5, 16, 16, 3), np.uint8))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

@@ -146,6 +146,7 @@ def reference(
         count = stats.count or None
     if has_images or keys is None:
         images = open_images(ref, split)
+        extract(extractor, images.read(0, 1))  # images the extractor refuses: before any work
         scorer = score_images(
             images, extractor, batch_size, shard_size, folder, ScoreOptions(), progress,
             "reference features",
@@ -232,18 +233,22 @@ def run_feature_pass(
     shards.open(runtime.is_main())
     distributed.barrier()
     mine = shards.mine(distributed.rank(), distributed.world_size())
-    with progress(desc, sum(len(shards.range(k)) for k in mine), "img") as bar:
-        for k in mine:
-            r = shards.range(k)
-            parts = []
-            for _, batch in images.batches(r.start, r.stop, batch_size):
-                parts.append(extract(extractor, batch))
-                bar.update(len(batch))
-            arrays = {"pool": _compact(np.concatenate([p[0] for p in parts]))}
-            for name, i in (("spatial", 1), ("logits", 2)):
-                if parts[0][i] is not None:
-                    arrays[name] = _compact(np.concatenate([p[i] for p in parts]))
-            shards.write(k, arrays)
+    try:
+        with progress(desc, sum(len(shards.range(k)) for k in mine), "img") as bar:
+            for k in mine:
+                r = shards.range(k)
+                parts = []
+                for _, batch in images.batches(r.start, r.stop, batch_size):
+                    parts.append(extract(extractor, batch))
+                    bar.update(len(batch))
+                arrays = {"pool": _compact(np.concatenate([p[0] for p in parts]))}
+                for name, i in (("spatial", 1), ("logits", 2)):
+                    if parts[0][i] is not None:
+                        arrays[name] = _compact(np.concatenate([p[i] for p in parts]))
+                shards.write(k, arrays)
+    except Exception:
+        shards.discard_if_unused()
+        raise
     distributed.barrier()
 
 
@@ -312,6 +317,7 @@ def fid_of_files(
     check_outputs_spare_inputs(outputs, inputs)
     images = open_images(job.samples, "train")
     extractor = extractor_for(job.features, device)
+    extract(extractor, images.read(0, 1))  # images the extractor refuses: before any work
     feature_job(images, extractor, job.batch_size, job.shard_size, root / "samples").check()
     ref = reference(
         job.ref, job.ref_split, extractor, job.batch_size, root / "reference", job.shard_size,

@@ -126,12 +126,17 @@ def measure_shards(loaded, process, ds, cfg: EvalConfig, shards: ShardedJob, ctx
     shards.open(runtime.is_main())
     distributed.barrier()
     mine = shards.mine(distributed.rank(), distributed.world_size())
-    with ctx.progress("bits/dim", sum(len(shards.range(k)) for k in mine), "img") as bar:
-        for k in mine:
-            part = bound_of_range(
-                loaded, process, ds.images, ds.labels, cfg, shards.range(k), ctx.device, bar.update
-            )
-            shards.write(k, {name: t.numpy() for name, t in part.items()})
+    try:
+        with ctx.progress("bits/dim", sum(len(shards.range(k)) for k in mine), "img") as bar:
+            for k in mine:
+                part = bound_of_range(
+                    loaded, process, ds.images, ds.labels, cfg, shards.range(k), ctx.device,
+                    bar.update,
+                )  # fmt: skip
+                shards.write(k, {name: t.numpy() for name, t in part.items()})
+    except Exception:
+        shards.discard_if_unused()
+        raise
     distributed.barrier()
 
 

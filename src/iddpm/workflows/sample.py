@@ -117,19 +117,24 @@ def sample_job(plan: SamplingPlan, job: SampleJob, folder: Path, device_type: st
 def draw_shards(plan: SamplingPlan, shards: ShardedJob) -> float:
     """Draw this rank's pending shards (shard k on rank k mod W), each written as soon as
     it is complete; returns the seconds spent sampling."""
+    shards.check()  # a folder of another request is refused before anything is written
+    plan.prepare()  # the sampler's statistics, which can still reject the request
     shards.open(runtime.is_main())
     distributed.barrier()
     mine = shards.mine(distributed.rank(), distributed.world_size())
-    plan.prepare()
     desc = f"sampling ({plan.request.sampler}, {plan.num_steps} steps)"
     start = time.perf_counter()
-    with plan.ctx.progress(desc, sum(len(shards.range(k)) for k in mine), "img") as bar:
-        for k in mine:
-            samples = plan.draw(shards.range(k), bar.update)
-            arrays = {"images": samples.images}
-            if samples.labels is not None:
-                arrays["labels"] = samples.labels
-            shards.write(k, arrays)
+    try:
+        with plan.ctx.progress(desc, sum(len(shards.range(k)) for k in mine), "img") as bar:
+            for k in mine:
+                samples = plan.draw(shards.range(k), bar.update)
+                arrays = {"images": samples.images}
+                if samples.labels is not None:
+                    arrays["labels"] = samples.labels
+                shards.write(k, arrays)
+    except Exception:
+        shards.discard_if_unused()
+        raise
     seconds = time.perf_counter() - start
     distributed.barrier()
     return seconds
