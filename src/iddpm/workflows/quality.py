@@ -110,7 +110,7 @@ def score(
     extractor: FeatureExtractor,
     ref: Reference,
     batch_size: int = 256,
-    replicates: int = BOOTSTRAP,
+    replicates: int = 0,
 ) -> dict[str, Any]:
     """Every metric of uint8 images [N, H, W, C] against the reference (`eval.scorer`:
     FID, Inception Score, KID and precision/recall (k = 3) when the reference has features,
@@ -159,7 +159,7 @@ def sample_and_score(
     extractor: FeatureExtractor,
     ref: Reference,
     save_as: Path | None = None,
-    replicates: int = BOOTSTRAP,
+    replicates: int = 0,
 ) -> dict[str, Any]:
     """Draw the plan's samples, score them (`score`), optionally save them (save_as: .npz,
     with a .png grid beside it). Returns the scores and timings (and the images)."""

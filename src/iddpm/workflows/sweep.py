@@ -21,7 +21,13 @@ from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import plot_metric_vs_steps
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.quality import extractor_for, mark_ties, reference, sample_and_score
+from iddpm.workflows.quality import (
+    BOOTSTRAP,
+    extractor_for,
+    mark_ties,
+    reference,
+    sample_and_score,
+)
 from iddpm.workflows.runs import check_writable_dir, run_of
 from iddpm.workflows.sample import num_steps
 from iddpm.workflows.steps import StepsJob, schedules
@@ -128,7 +134,7 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
     k = plan.num_steps
     tag = plan.request.sampler + ("" if entry.schedule == "even" else f"-{entry.schedule}")
     npz = out_dir / f"samples_{tag}_{k}steps.npz"
-    scores = sample_and_score(plan, extractor, ref, save_as=npz)
+    scores = sample_and_score(plan, extractor, ref, save_as=npz, replicates=BOOTSTRAP)
     scores.pop("images")
     row = {
         "sampler": entry.label,
