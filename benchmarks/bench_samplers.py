@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +31,10 @@ import torch
 from _common import result_header
 from iddpm.build import load_model
 from iddpm.config import EvalConfig, SampleConfig
+from iddpm.diffusion import registry
+from iddpm.diffusion import schedules as noise_schedules
+from iddpm.diffusion.gaussian import GaussianDiffusion
+from iddpm.diffusion.respace import format_steps, karras_steps, logsnr_steps
 from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
@@ -35,7 +42,8 @@ from iddpm.workflows.quality import extractor_for, reference, sample_and_score
 from iddpm.workflows.steps import StepsJob, schedules
 from iddpm.workflows.train import TrainJob, train
 
-SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp3m", "dpmpp2m-sde", "analytic")
+SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp3m", "dpmpp2m-sde", "analytic", "unipc",
+            "ipndm", "heun", "euler-ancestral")  # fmt: skip
 NFE = (5, 10, 20, 50)
 BOUND_K = (10, 25, 50)
 SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
@@ -53,20 +61,95 @@ def trained_run(args: argparse.Namespace, workdir: Path) -> Path:
     return run
 
 
+def calls_of(name: str, steps: int) -> int:
+    """Network calls of sampler `name` for a process of `steps` indices (at most)."""
+    return int(registry.get(name).calls(steps))
+
+
+def steps_for(name: str, nfe: int) -> int:
+    """The most process steps K whose network calls fit in `nfe` (Heun: 2K − 1 <= nfe)."""
+    k = nfe
+    while k > 1 and calls_of(name, k) > nfe:
+        k -= 1
+    return k
+
+
+def parse_sampler(token: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value+key=value' -> (name, options)."""
+    name, _, rest = token.partition(":")
+    opts = dict(kv.split("=", 1) for kv in rest.split("+") if kv)
+    registry.make_options(name, opts)  # fails early
+    return name, opts
+
+
+def spec_for(spacing: str, k: int, abar: torch.Tensor, T: int) -> str:
+    """A step spec of k steps: 'even', 'trailing', 'logsnr', 'karras', 'logsnr@FLOOR',
+    'karras@SIGMA_MAX' (the tunables of those spacings, for measuring them), or 'at:…'
+    (a fixed list: used as is)."""
+    kind, _, arg = spacing.partition("@")
+    if kind.startswith("at:"):
+        return kind.replace("+", ",")  # 'at:0+5+9' on the command line (commas split spacings)
+    if not arg:
+        return str(k) if kind == "even" else f"{kind}{k}"
+    lo, _, hi = arg.partition(":")  # logsnr@FLOOR:CEILING, karras@SIGMA_MIN:SIGMA_MAX
+    if kind == "logsnr":
+        ceiling = float(hi) if hi else math.inf
+        return format_steps(logsnr_steps(k, abar, floor=float(lo), ceiling=ceiling))
+    if kind == "karras":
+        return format_steps(karras_steps(k, abar, sigma_min=float(lo), sigma_max=float(hi)))
+    raise ValueError(f"unknown spacing {spacing!r}")
+
+
 def leaderboard(loaded, args: argparse.Namespace) -> list[dict]:
     extractor = extractor_for("digits", args.device)
     ref = reference("digits", "train", extractor)
+    dcfg = loaded.config.diffusion
+    abar = GaussianDiffusion(noise_schedules.get(dcfg.schedule, dcfg.num_timesteps)).alphas_cumprod
     rows = []
-    for name in SAMPLERS:
-        for k in NFE:
-            runs = []
-            for seed in args.seeds:
-                cfg = SampleConfig(num=args.num, steps=f"{args.spacing}{k}", sampler=name,
-                                   batch_size=args.num, seed=seed)  # fmt: skip
-                plan = SamplingPlan(loaded, cfg, JobContext(args.device))
-                runs.append(sample_and_score(plan, extractor, ref))
-            rows.append({"sampler": name, "nfe": k, **_summary(runs)})
+    for token in args.samplers:
+        name, opts = parse_sampler(token)
+        for nfe in args.nfe:
+            k = steps_for(name, nfe)
+            for spacing in args.spacings:
+                spec = spec_for(spacing, k, abar, dcfg.num_timesteps)
+                runs = []
+                for seed in args.seeds:
+                    cfg = SampleConfig(num=args.num, steps=spec, sampler=name,
+                                       sampler_options=opts, batch_size=args.batch_size,
+                                       seed=seed)  # fmt: skip
+                    plan = SamplingPlan(loaded, cfg, JobContext(args.device))
+                    runs.append(sample_and_score(plan, extractor, ref))
+                out = {"sampler": token, "spacing": spacing, "nfe": calls_of(name, k),
+                       "steps": k, "spec": spec, **_summary(runs)}  # fmt: skip
+                print(json.dumps(out), file=sys.stderr, flush=True)
+                rows.append(out)
     return rows
+
+
+THROUGHPUT = (("ancestral", "50"), ("ipndm", "karras10"), ("heun", "karras5"),
+              ("dpmpp2m-sde", "trailing10"), ("unipc", "karras10"))  # fmt: skip
+
+
+def throughput(loaded, args: argparse.Namespace, batch: int = 256, reps: int = 3) -> list[dict]:
+    """Images/s of one batch of `batch` samples for each (sampler, spec) of THROUGHPUT,
+    interleaved over `reps` rounds (medians; the first round also warms up)."""
+    plans = {
+        (name, spec): SamplingPlan(loaded, SampleConfig(num=batch, steps=spec, sampler=name,
+                                                         batch_size=batch), JobContext(args.device))
+        for name, spec in THROUGHPUT
+    }  # fmt: skip
+    for plan in plans.values():
+        plan.draw(range(8))  # warm-up, statistics
+    times: dict = {key: [] for key in plans}
+    for _ in range(reps):
+        for key, plan in plans.items():
+            start = time.perf_counter()
+            plan.draw(range(batch))
+            times[key].append(time.perf_counter() - start)
+    return [{"sampler": name, "spec": spec, "nfe": plans[(name, spec)].calls,
+             "images_per_s": round(batch / statistics.median(times[(name, spec)]), 1),
+             "seconds": [round(t, 2) for t in times[(name, spec)]]}
+            for name, spec in plans]  # fmt: skip
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -99,6 +182,8 @@ def bounds(loaded, args: argparse.Namespace) -> dict:
 
 def targets(rows: list[dict], b: dict) -> dict:
     fid = {(r["sampler"], r["nfe"]): r["fid"] for r in rows}
+    if not b or not all(k in fid for k in (("dpmpp2m", 10), ("ancestral", 50))):
+        return {}
     return {
         "dpmpp2m_10_fid_le_ancestral_50": fid[("dpmpp2m", 10)] <= fid[("ancestral", 50)],
         "dpmpp2m-sde_10_fid_le_ancestral_50": fid[("dpmpp2m-sde", 10)] <= fid[("ancestral", 50)],
@@ -113,7 +198,16 @@ def main() -> None:
     p.add_argument("--checkpoint", default="", help="digits run (default: train one here)")
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--num", type=int, default=1000, help="samples per (sampler, NFE)")
-    p.add_argument("--spacing", default="", help="step spacing prefix: '', trailing, logsnr")
+    p.add_argument("--samplers", default=",".join(SAMPLERS),
+                   help="comma list of 'name' or 'name:key=value+key=value'")  # fmt: skip
+    p.add_argument("--nfe", default=",".join(map(str, NFE)), help="network-call budgets")
+    p.add_argument("--spacings", default="even",
+                   help="comma list: even, trailing, logsnr, karras, logsnr@FLOOR:CEILING, "
+                   "karras@SIGMA_MIN:SIGMA_MAX, at:S0+S1+…")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--no-bounds", action="store_true", help="skip the bound measurements")
+    p.add_argument("--throughput", action="store_true", help="also time one batch of 256")
+    p.add_argument("--throughput-only", action="store_true", help="only time, no FID")
     p.add_argument("--nll-images", type=int, default=0, help="test images for bounds (0: all)")
     p.add_argument("--steps-images", type=int, default=256)
     p.add_argument("--decoder-steps", type=int, default=8)
@@ -122,20 +216,26 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    args.samplers = [x for x in args.samplers.split(",") if x.strip()]
+    args.nfe = [int(x) for x in args.nfe.split(",") if x.strip()]
+    args.spacings = [x for x in args.spacings.split(",") if x.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         args.run = str(trained_run(args, Path(tmp)))
         loaded = load_model(args.run, device=args.device)
         header = result_header("bench_samplers", args.device)
         t0 = time.perf_counter()
-        rows = leaderboard(loaded, args)
-        b = bounds(loaded, args)
+        rows = [] if args.throughput_only else leaderboard(loaded, args)
+        speed = throughput(loaded, args) if args.throughput or args.throughput_only else []
+        b = {} if args.no_bounds else bounds(loaded, args)
     result = {
         **header,
         "checkpoint": args.checkpoint or f"trained here, {args.train_steps} steps",
         "num_samples": args.num,
-        "spacing": args.spacing or "even",
+        "spacings": args.spacings,
+        "load": os.getloadavg(),
         "stats_images": StatsConfig().num_images,
         "leaderboard": rows,
+        "throughput_batch_256": speed,
         "bounds_bpd": b,
         "targets": targets(rows, b),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -6,7 +6,7 @@
     IDDPM_MALLOC=off python benchmarks/bench_train_step.py   # glibc's allocator defaults
 
 A step is everything the trainer does: t and per-example noise draws, the hybrid loss
-with learned-range variance (PAPER.md P11), backward, AdamW, EMA and the timestep-sampler
+with learned-range variance (docs/paper.md P11), backward, AdamW, EMA and the timestep-sampler
 update. Models: the `digits` preset's UNet at batch 64 and the paper's CIFAR-10 UNet
 (52.5M parameters) at batch 8 (CPU-sized; pass --cifar-batch for a GPU).
 

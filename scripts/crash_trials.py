@@ -42,10 +42,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 Runner = Callable[[Sequence[str]], int]  # iddpm ARGS -> exit code
 
 
-def run_in_child(args: Sequence[str]) -> int:
-    """`iddpm ARGS` in a child process on one thread; returns its exit code."""
+def run_in_child(args: Sequence[str], timeout: float = 900) -> int:
+    """`iddpm ARGS` in a child process on one thread; returns its exit code. A child still
+    running after `timeout` seconds is killed (subprocess.TimeoutExpired), so a hung run
+    fails instead of hanging the caller."""
     cmd = [sys.executable, "-m", "iddpm", *map(str, args)]
-    return subprocess.run(cmd, env=ENV, capture_output=True).returncode
+    return subprocess.run(cmd, env=ENV, capture_output=True, timeout=timeout).returncode
 
 
 def train_args(run: Path, steps: int) -> list[str]:
@@ -87,7 +89,7 @@ def kill_at_random(run: Path, steps: int, rng: random.Random, timeout: float = 3
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
-        child.wait()
+        child.wait(timeout=60)  # SIGKILL cannot be ignored; this only bounds the wait
     done = logged_steps(run)
     return max(done) if done else 0
 

@@ -175,3 +175,20 @@ def test_file_without_format_version_is_rejected(tmp_path: Path) -> None:
 def test_keep_must_be_positive(tmp_path: Path, cfg) -> None:
     with pytest.raises(ValueError, match="keep must be >= 1"):
         ckpt.save_checkpoint(tmp_path, _state(0.0), cfg, step=1, keep=0)
+
+
+def test_slowest_ema_is_the_largest_rate_and_damaged_entries_are_one_line() -> None:
+    w = {"w": torch.zeros(2)}
+    where = Path("run/checkpoints/step_00000001.pt")
+    assert ckpt.slowest_ema({}, where) is None and ckpt.slowest_ema({"ema": {}}, where) is None
+    assert ckpt.slowest_ema({"ema": {"0.99": {}, "0.9999": w}}, where) == ("0.9999", w)
+    damaged = [
+        (torch.zeros(3), "EMA entry is a Tensor"),
+        ({"0.99": torch.zeros(1)}, "EMA entry '0.99' holds a Tensor"),
+        ({"fast": w}, "EMA entry 'fast'"),
+        ({"0.99": {"w": [1.0]}}, "parameter 'w' is not a tensor"),
+    ]
+    for ema, message in damaged:
+        with pytest.raises(ValueError, match=message) as e:
+            ckpt.slowest_ema({"ema": ema}, where)
+        assert "\n" not in str(e.value) and "step_00000001.pt" in str(e.value)

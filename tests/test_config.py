@@ -13,6 +13,7 @@ from iddpm.config import (
     SampleConfig,
     TrainConfig,
     UNetConfig,
+    differences,
 )
 
 
@@ -115,3 +116,16 @@ def test_output_channels_are_derived_from_the_variance_type() -> None:
     old = learned.to_dict()
     old["model"]["out_channels"] = 6  # config files written before the rule still load
     assert ExperimentConfig.from_dict(old) == learned
+
+
+def test_differences_lists_each_differing_field_with_both_values() -> None:
+    a = ExperimentConfig()
+    assert differences(a, ExperimentConfig.from_dict(a.to_dict())) == []
+    b = a.replace(
+        model=a.model.replace(channel_mult=(1, 2)), train=a.train.replace(lr=3e-4, steps=7)
+    )
+    assert differences(a, b) == [
+        ("model", "channel_mult", list(a.model.channel_mult), [1, 2]),
+        ("train", "lr", a.train.lr, 3e-4),
+        ("train", "steps", a.train.steps, 7),
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def test_bad_local_rank_environment_error(monkeypatch: pytest.MonkeyPatch) -> No
 # ---- multi-process ------------------------------------------------------------------
 
 
+RANKS_TIMEOUT_S = 600
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,8 +87,17 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], out: str, a
 
 def run_ranks(world: int, fn: Callable[..., Any], tmp_path: Path, *args: Any) -> list[Any]:
     """Run fn(*args) on `world` spawned gloo ranks; return each rank's (torch.save-able)
-    result in rank order. `fn` must be a module-level function."""
-    mp.spawn(_entry, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=True)
+    result in rank order. `fn` must be a module-level function. Ranks still running after
+    `RANKS_TIMEOUT_S` are killed and fail the test (a hung collective must not hang the suite)."""
+    ctx = mp.spawn(
+        _entry, args=(world, free_port(), fn, str(tmp_path), args), nprocs=world, join=False
+    )
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    while not ctx.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            raise AssertionError(f"{world} ranks still running after {RANKS_TIMEOUT_S} s")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -182,11 +195,43 @@ def _nll(batch_size: int) -> dict[str, Any]:
     return out
 
 
+def _periodic_eval() -> dict[str, Any]:
+    """The periodic evaluator's record (train/evaluate.py) of fixed weights on 70 held-out
+    and 70 training images: 3 chunks, so rank 0 evaluates chunks 0 and 2, rank 1 chunk 1."""
+    from types import SimpleNamespace
+
+    from iddpm.config import DiffusionConfig, ExperimentConfig, UNetConfig
+    from iddpm.data.bundled import load_digits
+    from iddpm.diffusion import schedules
+    from iddpm.diffusion.gaussian import GaussianDiffusion
+    from iddpm.model.unet import UNet
+    from iddpm.train.evaluate import EvalSet, PeriodicEvaluator
+
+    model_cfg = UNetConfig(
+        image_size=8, in_channels=1, model_channels=8, num_res_blocks=1,
+        attention_resolutions=(), channel_mult=(1,), num_heads=1, num_groups=4,
+    )  # fmt: skip
+    cfg = ExperimentConfig(diffusion=DiffusionConfig(num_timesteps=T_DIST), model=model_cfg)
+    torch.manual_seed(0)
+    model = UNet(cfg.model)  # out_channels derived: 2 for the learned range
+    sets = [
+        EvalSet(torch.from_numpy(load_digits(split).images[:70]).permute(0, 3, 1, 2) / 127.5 - 1)
+        for split in ("test", "train")
+    ]
+    ev = PeriodicEvaluator(*sets, every=1, timesteps=4, seed=2)
+    trainer = SimpleNamespace(
+        module=model, diffusion=GaussianDiffusion(schedules.get("cosine", T_DIST)), cfg=cfg,
+        device=torch.device("cpu"), step_count=1,
+    )  # fmt: skip
+    return ev._bound(trainer, model.state_dict())
+
+
 def _two_rank_job(steps: int, microbatch: int) -> dict[str, Any]:
     return {
         "collectives": _collectives(),
         "train": _train(steps, microbatch),
         "nll": _nll(batch_size=2),
+        "periodic_eval": _periodic_eval(),
     }
 
 
@@ -241,3 +286,14 @@ def test_per_image_bits_per_dim_are_the_same_on_one_and_two_ranks(
         for mc, bpd in single.items():
             assert len(bpd) == 5
             assert rank["nll"][mc].tolist() == bpd.tolist(), mc
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_is_the_same_on_one_and_two_ranks(
+    two_ranks: list[dict[str, Any]],
+) -> None:
+    # issue 19: fixed chunks and per-image generators; the ranks' tables are summed exactly
+    single = _periodic_eval()
+    assert single["eval_heldout_bpd"] > 0 and "eval_v_q0" in single
+    for rank in two_ranks:
+        assert rank["periodic_eval"] == single

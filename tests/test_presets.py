@@ -1,4 +1,4 @@
-"""Presets: the paper's recipes (PAPER.md, "The network") and the CPU-sized digits run."""
+"""Presets: the paper's recipes (docs/paper.md, "The network") and the CPU-sized digits run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`import iddpm` exposes the public API (DESIGN.md §3) without loading torch up front."""
+"""`import iddpm` exposes the public API (docs/design.md §3) without loading torch up front."""
 
 from __future__ import annotations
 

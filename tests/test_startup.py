@@ -74,7 +74,7 @@ def test_busy_cores_are_measured_from_recent_cpu_use() -> None:
         busy = _startup.other_cores_busy(0.3)
     finally:
         spinner.kill()
-        spinner.wait()
+        spinner.wait(timeout=30)
     assert busy is not None and busy >= 0.6  # one spinning process keeps ~one core busy
 
 

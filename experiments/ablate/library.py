@@ -71,6 +71,8 @@ def unit_config(unit: Unit, train_steps: int) -> ExperimentConfig:
         sample_every=0,
         checkpoint_every=max(1, train_steps // 3),
         keep_checkpoints=1,
+        eval_every=0,  # the harness evaluates each unit itself, once, after training
+        fid_every=0,
     )
     return base.replace(diffusion=diffusion, train=train)  # out_channels follows var_type
 

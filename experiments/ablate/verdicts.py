@@ -1,4 +1,4 @@
-"""A verdict for each claim of PAPER.md's last section, from the measurements.
+"""A verdict for each claim of docs/paper.md's last section, from the measurements.
 
 Every claim is judged on differences arranged so that the paper predicts > 0, each with
 its uncertainty u (`stats.compare`): *reproduced* when every judged part is ≥ 2u in the

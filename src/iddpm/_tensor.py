@@ -51,7 +51,7 @@ def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
 def to_model_range(images) -> torch.Tensor:
     """uint8 images [N, H, W, C] (numpy or torch) -> float32 [N, C, H, W] in [−1, 1].
 
-    Exactly x/127.5 − 1 (PAPER.md, Conventions): 0 → −1 and 255 → +1, the 256 levels 2/255
+    Exactly x/127.5 − 1 (docs/paper.md, Conventions): 0 → −1 and 255 → +1, the 256 levels 2/255
     apart, so the discretised decoder sees bin centres.
     """
     x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images

@@ -1,5 +1,5 @@
 """Factories from config to objects: the one place where config strings become enums and
-concrete classes are wired together (DESIGN.md §2)."""
+concrete classes are wired together (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from iddpm._io import load_tensors
-from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint
+from iddpm.checkpoint import FORMAT_VERSION, load_for_inference, resolve_checkpoint, slowest_ema
 from iddpm.config import INIT_WEIGHTS, DiffusionConfig, ExperimentConfig, UNetConfig
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
@@ -53,7 +53,7 @@ def spaced(
     """The (possibly strided) process for `steps` and the model_fn that runs it.
 
     steps: a step spec ("250", "ddim50", "10,15,20"; None or "" = all T steps). The model
-    sees the original step indices, rescaled as in training (PAPER.md P14).
+    sees the original step indices, rescaled as in training (docs/paper.md P14).
     """
     return spaced_model(model, build_diffusion(cfg), steps or None, cfg.rescale_timesteps)
 
@@ -118,17 +118,16 @@ def _read_source(source: str | Path) -> tuple[Path, dict]:
     return path, state
 
 
-def _chosen_weights(state: dict, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+def _chosen_weights(state: dict, weights: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The raw state dict, with the slowest EMA's parameters laid over it for "ema"."""
     chosen = dict(state["model"])
-    emas = state.get("ema") or {}
     if weights == "raw":
         return chosen, "raw"
-    if not emas:  # e.g. a converted reference checkpoint: its one set is the model
+    ema = slowest_ema(state, path)
+    if ema is None:  # e.g. a converted reference checkpoint: its one set is the model
         return chosen, "raw (no EMA stored)"
-    slowest = max(emas, key=float)
-    chosen.update(emas[slowest])
-    return chosen, f"ema {slowest}"
+    chosen.update(ema[1])
+    return chosen, f"ema {ema[0]}"
 
 
 def _misfit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -163,7 +162,7 @@ def load_init_weights(model: nn.Module, source: str | Path, weights: str = "ema"
     if weights not in INIT_WEIGHTS:
         raise ValueError(f"unknown init weights {weights!r}; choose one of: ema, raw")
     path, state = _read_source(source)
-    chosen, which = _chosen_weights(state, weights)
+    chosen, which = _chosen_weights(state, weights, path)
     problems = _misfit(model, chosen)
     if problems:
         raise ValueError(

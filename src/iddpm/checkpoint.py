@@ -1,4 +1,4 @@
-"""Run directories and checkpoints (DESIGN.md §5).
+"""Run directories and checkpoints (docs/design.md §5).
 
 Layout of a run directory:
 
@@ -45,6 +45,7 @@ SWEEP_DIR = "sweep"
 LEADERBOARD_DIR = "leaderboard"  # the demo's sweep
 CACHE_DIR = "cache"  # what jobs compute once per run and reuse (statistics, costs, kernels)
 LATEST = "latest"
+BEST = "best.pt"  # --keep-best: the checkpoint with the best held-out bound
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _EARLIER = "use an earlier checkpoint of the run (delete this one and the run falls back to it)"
 
@@ -114,9 +115,11 @@ def save_checkpoint(
     cfg: ExperimentConfig,
     step: int,
     keep: int = 3,
+    name: str | None = None,
 ) -> Path:
     """Write `state` (plus format_version, config, step) as checkpoints/step_<step>.pt,
-    point `latest` at it and delete all but the newest `keep` checkpoints.
+    point `latest` at it and delete all but the newest `keep` checkpoints. With `name`
+    (e.g. BEST) it is written as checkpoints/<name> instead, outside that rotation.
 
     Raises TypeError (one line) when `state` holds anything but tensors and JSON-like
     values, before touching the disk. Returns the checkpoint path.
@@ -128,8 +131,10 @@ def save_checkpoint(
     _check_plain(payload, "checkpoint")
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run.checkpoints)
-    path = run.checkpoint_path(step)
+    path = run.checkpoints / name if name else run.checkpoint_path(step)
     atomic_write(path, lambda f: torch.save(payload, f))
+    if name:
+        return path
     atomic_write(run.checkpoints / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
     _apply_retention(run.checkpoints, keep, protect=path.name)
     return path
@@ -221,12 +226,50 @@ def load_for_inference(
             "use another checkpoint of the run"
         )
     weights = dict(state["model"])
-    emas = state.get("ema") or {}
-    if use_ema and emas:
-        slowest = max(emas, key=float)
-        for name, value in emas[slowest].items():
+    ema = slowest_ema(state, resolve_checkpoint(path_or_run_dir)) if use_ema else None
+    if ema is not None:
+        for name, value in ema[1].items():
             weights[name] = value.to(weights[name].dtype) if name in weights else value
     return cfg, weights
+
+
+def slowest_ema(state: dict[str, Any], path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """(rate, parameters) of the slowest EMA in a loaded checkpoint (the largest rate, e.g.
+    0.9999: the paper's evaluation weights), or None when it stores no EMA. An entry that
+    is not {rate: {parameter name: tensor}} (a damaged or hand-edited file) is a one-line
+    ValueError naming the file, instead of an error deep inside torch."""
+    emas = state.get("ema")
+    if emas is None or (isinstance(emas, dict) and not emas):
+        return None
+    if not isinstance(emas, dict):
+        raise ValueError(
+            f"checkpoint {path} is damaged: its EMA entry is a {type(emas).__name__}, not "
+            f"{{rate: weights}}; {_EMA_FIX}"
+        )
+    for rate, weights in emas.items():
+        if not _is_rate(rate) or not isinstance(weights, dict):
+            raise ValueError(
+                f"checkpoint {path} is damaged: its EMA entry {rate!r} holds a "
+                f"{type(weights).__name__}, not a rate's weights; {_EMA_FIX}"
+            )
+        bad = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise ValueError(
+                f"checkpoint {path} is damaged: EMA {rate} parameter {bad!r} is not a tensor; "
+                f"{_EMA_FIX}"
+            )
+    slowest = max(emas, key=float)
+    return str(slowest), emas[slowest]
+
+
+_EMA_FIX = "use another checkpoint of the run, or its raw weights (--no-ema, --init-weights raw)"
+
+
+def _is_rate(key: Any) -> bool:
+    try:
+        return 0.0 <= float(key) < 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 def _apply_retention(folder: Path, keep: int, protect: str) -> None:

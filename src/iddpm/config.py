@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses with the paper's defaults (PAPER.md, "The network").
+"""Frozen configuration dataclasses with the paper's defaults (docs/paper.md, "The network").
 
 Strings for choices live here and at the CLI; `build.py` turns them into enums. Every
 dataclass validates itself in `__post_init__` with one-line `ValueError`s that name the
@@ -22,9 +22,24 @@ MC_METHODS = ("log-stratified", "stratified", "importance")
 # The reverse variance of the bound: the model's own, Analytic-DPM's, or a fixed one.
 EVAL_SIGMAS = ("model", "analytic", "fixed-small", "fixed-large")
 INIT_WEIGHTS = ("ema", "raw")
+LOGGERS = ("jsonl", "tensorboard")
 SPLITS = ("train", "test")  # the data splits every data source has
 
 T = TypeVar("T")
+
+
+def option(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None
+) -> Any:
+    """A config field that is also a command-line flag: its default, its help, its choices
+    (checked by the config's own validation too) and the flag's name where it is not the
+    field's (`--diffusion-steps` for num_timesteps). `cli/options.py` reads these."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if flag is not None:
+        metadata["flag"] = flag
+    return field(default=default, metadata=metadata)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -84,21 +99,36 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Serializable):
-    """The diffusion process and objective (PAPER.md P4–P13).
+    """The diffusion process and objective (docs/paper.md P4–P13).
 
     `rescale_timesteps`: the model sees t scaled to [0, 1000) whatever T is (the authors'
     training default), so a model trained with T = 4000 and one with T = 1000 see the
     same range.
     """
 
-    num_timesteps: int = 4000
-    schedule: str = "cosine"
-    mean_type: str = "epsilon"
-    var_type: str = "learned-range"
-    loss: str = "hybrid"
-    vlb_weight: float = 0.001
-    timestep_sampler: str = "uniform"
-    rescale_timesteps: bool = True
+    num_timesteps: int = option(
+        4000, "diffusion steps T (the paper: 1000 or 4000)", flag="diffusion-steps"
+    )
+    schedule: str = option("cosine", "noise schedule (docs/paper.md P4/P5)", choices=SCHEDULES)
+    mean_type: str = option("epsilon", "what the network predicts", choices=MEAN_TYPES)
+    var_type: str = option(
+        "learned-range",
+        "reverse-process variance: learned range (the paper), or fixed beta-tilde/beta",
+        choices=VAR_TYPES,
+        flag="sigma",
+    )
+    loss: str = option(
+        "hybrid",
+        "objective: hybrid = L_simple + 0.001 L_vlb (the paper), simple, or vlb",
+        choices=LOSSES,
+    )
+    vlb_weight: float = option(0.001, "lambda of the hybrid loss")
+    timestep_sampler: str = option(
+        "uniform",
+        "timestep sampling: uniform, or importance (p_t ~ sqrt(E[L_t^2]))",
+        choices=TIMESTEP_SAMPLERS,
+    )
+    rescale_timesteps: bool = option(True, "feed the network t scaled to [0, 1000)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
@@ -132,7 +162,7 @@ class DiffusionConfig(_Serializable):
 
 @dataclass(frozen=True)
 class UNetConfig(_Serializable):
-    """The paper's UNet (PAPER.md, "The network"). Defaults: the CIFAR-10 model.
+    """The paper's UNet (docs/paper.md, "The network"). Defaults: the CIFAR-10 model.
 
     `attention_resolutions` are feature-map sizes in pixels (16 and 8 at 32×32), not
     downsampling rates. `out_channels`: None means derived — inside an ExperimentConfig
@@ -140,19 +170,27 @@ class UNetConfig(_Serializable):
     learned), on its own in_channels; an explicit value must agree with that rule.
     """
 
-    image_size: int = 32
-    in_channels: int = 3
-    model_channels: int = 128
-    out_channels: int | None = None
-    num_res_blocks: int = 3
-    attention_resolutions: tuple[int, ...] = (16, 8)
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_heads: int = 4
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = True
-    num_classes: int | None = None
-    conv_resample: bool = True
-    num_groups: int = 32
+    image_size: int = option(32, "image resolution in pixels")
+    in_channels: int = option(3, "image channels (1 grayscale, 3 RGB)")
+    model_channels: int = option(128, "base channel count of the UNet")
+    out_channels: int | None = option(
+        None,
+        "network output channels (default: derived, 2x image channels when the variance "
+        "is learned)",
+    )
+    num_res_blocks: int = option(3, "residual blocks per resolution")
+    attention_resolutions: tuple[int, ...] = option(
+        (16, 8), "feature-map sizes with self-attention, e.g. 16,8"
+    )
+    channel_mult: tuple[int, ...] = option(
+        (1, 2, 2, 2), "channel multiplier per resolution, e.g. 1,2,2,2"
+    )
+    num_heads: int = option(4, "attention heads")
+    dropout: float = option(0.0, "dropout in residual blocks")
+    use_scale_shift_norm: bool = option(True, "apply the timestep embedding as scale and shift")
+    num_classes: int | None = option(None, "classes for class-conditional models")
+    conv_resample: bool = option(True, "convolutional up/down-sampling")
+    num_groups: int = option(32, "GroupNorm groups")
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "model_channels"):
@@ -196,36 +234,92 @@ class TrainConfig(_Serializable):
     `init_weights` says which: the slowest EMA's or the raw ones (`build.load_init_weights`);
     the optimizer starts fresh and the EMA starts from the loaded weights.
 
+    Periodic evaluation (train/evaluate.py; 0 = off): every `eval_every` steps the
+    Monte-Carlo bits/dim (`eval_timesteps` log-stratified steps per image) of
+    `eval_images` held-out images (`eval_data`, "" = the test split of `data`) and of as
+    many training images, with the slowest EMA and the same noise every time; every
+    `fid_every` steps the FID of `fid_samples` samples of `fid_sampler` at `fid_steps`.
+    `overfit_patience`: evaluations in a row with a rising held-out bound (and a falling
+    training one) before the overfitting warning; `keep_best`: keep the checkpoint with
+    the best held-out bound as checkpoints/best.pt; `log`: "tensorboard" also writes
+    TensorBoard events to RUN/tensorboard (the optional extra `iddpm[tensorboard]`).
+
     `precision` "auto" (the default) trains in bf16 autocast where the device runs bf16
     natively and in fp32 elsewhere (rule: `iddpm.train.precision.native_bf16`); fp16 with
     loss scaling is opt-in. `lr_anneal_steps` N > 0 decays the lr linearly to 0 over N
     steps (as the authors' `--lr_anneal_steps`). `grad_checkpoint` recomputes each UNet
     block's activations in the backward pass (less memory, ~a third more compute)."""
 
-    data: str = "digits"
-    class_cond: bool = False
-    random_flip: bool = True
-    batch_size: int = 128
-    microbatch: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    ema_rates: tuple[float, ...] = (0.9999,)
-    ema_warmup: bool = False
-    grad_clip: float = 0.0
-    lr_anneal_steps: int = 0
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    grad_checkpoint: bool = False
-    steps: int = 500_000
-    log_every: int = 100
-    sample_every: int = 0
-    checkpoint_every: int = 10_000
-    keep_checkpoints: int = 3
-    seed: int = 0
-    init_from: str = ""
-    init_weights: str = "ema"
+    data: str = option("digits", "data: digits | DIR | FILE.npz | cifar10:DIR")
+    class_cond: bool = option(False, "train a class-conditional model (labels from the data)")
+    random_flip: bool = option(True, "random horizontal flips")
+    batch_size: int = option(128, "global batch size (all ranks together)")
+    microbatch: int = option(0, "per-rank micro-batch (0: no split)")
+    lr: float = option(1e-4, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps")
+    ema_rates: tuple[float, ...] = option((0.9999,), "EMA rates, e.g. 0.9999 or 0.999,0.9999")
+    ema_warmup: bool = option(False, "cap the EMA rate at (1+k)/(10+k) at step k (for short runs)")
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)")
+    lr_anneal_steps: int = option(0, "decay the learning rate linearly to 0 over N steps (0: off)")
+    precision: str = option(
+        "auto",
+        "auto (bf16 autocast where the hardware runs bf16 natively: CUDA >= 8.0, CPUs with "
+        "AVX512-BF16/AMX; else fp32), fp32, bf16, or fp16 with loss scaling (GPU)",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = option(False, "channels_last memory format")
+    compile: bool = option(False, "torch.compile the model (slow to start)")
+    grad_checkpoint: bool = option(
+        False,
+        "recompute each UNet block's activations in the backward pass (less memory, about "
+        "a third more compute)",
+    )
+    steps: int = option(500_000, "training steps")
+    log_every: int = option(100, "steps between metric lines")
+    sample_every: int = option(0, "steps between sample grids (0: off)")
+    checkpoint_every: int = option(10_000, "steps between checkpoints")
+    keep_checkpoints: int = option(3, "checkpoints to keep")
+    seed: int = option(0, "random seed")
+    init_from: str = option(
+        "",
+        "fine-tune: start from the weights of this run directory or checkpoint (also a converted "
+        "reference checkpoint); fresh optimizer",
+    )
+    init_weights: str = option(
+        "ema",
+        "which weights --init-from takes: the slowest EMA, or the raw weights",
+        choices=INIT_WEIGHTS,
+    )
+    eval_every: int = option(
+        0,
+        "steps between evaluations of the held-out and training bits/dim (Monte-Carlo, EMA "
+        "weights, the same noise each time; 0: off)",
+    )
+    eval_images: int = option(
+        256, "images of the held-out set, and of the training subset, per evaluation"
+    )
+    eval_timesteps: int = option(16, "log-stratified timesteps per image of the Monte-Carlo bound")
+    eval_data: str = option("", "held-out data SPEC (default: the test split of --data)")
+    fid_every: int = option(0, "steps between FIDs of samples during training (0: off)")
+    fid_samples: int = option(256, "samples per FID during training")
+    fid_sampler: str = option(
+        "ancestral", "sampler of the FID samples during training (any registered sampler)"
+    )
+    fid_steps: str = option("25", "step spec of the FID samples during training, e.g. 25 or ddim50")
+    overfit_patience: int = option(
+        3,
+        "evaluations in a row with a rising held-out bound (training bound falling) before the "
+        "overfitting warning",
+    )
+    keep_best: bool = option(
+        False, "keep the checkpoint with the best held-out bound as checkpoints/best.pt"
+    )
+    log: str = option(
+        "jsonl",
+        "also log to TensorBoard (RUN/tensorboard; pip install 'iddpm[tensorboard]')",
+        choices=LOGGERS,
+    )
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
@@ -249,6 +343,26 @@ class TrainConfig(_Serializable):
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
         _choice("init weights", self.init_weights, INIT_WEIGHTS)
+        self._check_evaluation()
+
+    def _check_evaluation(self) -> None:
+        _positive("eval_every", self.eval_every, allow_zero=True)
+        _positive("eval_images", self.eval_images)
+        _positive("fid_every", self.fid_every, allow_zero=True)
+        _positive("overfit_patience", self.overfit_patience)
+        _choice("logger (--log)", self.log, LOGGERS)
+        if self.eval_timesteps < 2:
+            raise ValueError(
+                f"eval_timesteps must be >= 2 (its standard error needs two), got "
+                f"{self.eval_timesteps!r}"
+            )
+        if self.fid_samples < 2:
+            raise ValueError(f"fid_samples must be >= 2 for a covariance, got {self.fid_samples!r}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError(
+                "--keep-best keeps the checkpoint with the best held-out bound; turn the "
+                "evaluation on with --eval-every N"
+            )
 
 
 @dataclass(frozen=True)
@@ -376,3 +490,16 @@ _SUBCONFIGS: dict[tuple[str, str], type[_Serializable]] = {
     ("ExperimentConfig", "model"): UNetConfig,
     ("ExperimentConfig", "train"): TrainConfig,
 }
+
+
+def differences(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, str, Any, Any]]:
+    """The fields where two experiment configs disagree, as (section, field, a's value,
+    b's value) in declaration order; [] when they are equal. Values are JSON-safe (tuples
+    as lists), as `to_dict` gives them."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        (section, name, value, db[section].get(name))
+        for section, fields in da.items()
+        for name, value in fields.items()
+        if value != db[section].get(name)
+    ]

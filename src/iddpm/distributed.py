@@ -1,4 +1,4 @@
-"""Process-group helpers: one code path for one CPU, one GPU and `torchrun` (DESIGN.md §6).
+"""Process-group helpers: one code path for one CPU, one GPU and `torchrun` (docs/design.md §6).
 
 This is the only module in the package that reads the launcher's environment
 (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`; `MASTER_ADDR`/`MASTER_PORT` are read by

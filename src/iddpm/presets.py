@@ -1,7 +1,7 @@
 """Named training recipes: the paper's CIFAR-10 and ImageNet 64 runs, and a CPU-sized one.
 
 Each preset is a full `ExperimentConfig`; CLI flags override single fields on top of it.
-The "-vlb" variants train L_vlb with importance-sampled timesteps (PAPER.md P13), the
+The "-vlb" variants train L_vlb with importance-sampled timesteps (docs/paper.md P13), the
 paper's best-likelihood setting.
 """
 
@@ -37,12 +37,20 @@ def _digits() -> ExperimentConfig:
             log_every=50,
             sample_every=1000,  # a grid of 50-step samples in RUN_DIR/samples
             checkpoint_every=1000,
+            # held-out/training bits/dim every 1000 steps, digits-FID of 25-step ancestral
+            # samples every 2000: ~5% of the training time together (benchmarks/
+            # bench_train_eval.py)
+            eval_every=1000,
+            eval_images=200,
+            fid_every=2000,
+            fid_samples=256,
+            fid_steps="25",
         ),
     )
 
 
 def _cifar10() -> ExperimentConfig:
-    # The paper's CIFAR-10 model (PAPER.md, "The network"): 128 channels, 3 res blocks,
+    # The paper's CIFAR-10 model (docs/paper.md, "The network"): 128 channels, 3 res blocks,
     # dropout 0.3, T = 4000 cosine, learned range, L_hybrid, lr 1e-4, batch 128, EMA 0.9999.
     return ExperimentConfig(
         diffusion=DiffusionConfig(num_timesteps=4000, schedule="cosine"),
@@ -56,6 +64,8 @@ def _cifar10() -> ExperimentConfig:
             steps=500_000,
             sample_every=10_000,
             checkpoint_every=10_000,
+            eval_every=10_000,  # held-out/training bits/dim; FID needs the fid extra: opt in
+            eval_images=500,
         ),
     )
 
@@ -75,6 +85,8 @@ def _imagenet64() -> ExperimentConfig:
             steps=1_500_000,
             sample_every=10_000,
             checkpoint_every=10_000,
+            eval_every=10_000,  # held-out/training bits/dim; FID needs the fid extra: opt in
+            eval_images=500,
         ),
     )
 

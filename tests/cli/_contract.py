@@ -1,4 +1,4 @@
-"""The error contract of the command line (DESIGN.md §4) as test helpers.
+"""The error contract of the command line (docs/design.md §4) as test helpers.
 
 A failing command: the documented exit code, ONE line on stderr that says what to do (a
 usage error may keep click's "Usage / Try / Error" lines), no traceback, and every file

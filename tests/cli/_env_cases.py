@@ -27,8 +27,10 @@ from pathlib import Path
 from _contract import TINY_TRAIN, invoke, tree_state
 
 RESUME = ["train", "--resume", "--run-dir", "run", "--steps", "4"]
-# name -> (environment, args, hint the one line must hold)
-CASES: dict[str, tuple[str, list[str], str]] = {
+ELSEWHERE = "../elsewhere"  # beside the case's folder: outside its mounts, writable
+# name -> (environment, args, hint the one line must hold; None: the command must succeed,
+# writing nothing inside the case's folder)
+CASES: dict[str, tuple[str, list[str], str | None]] = {
     "file-size limit: resumed training's first checkpoint": ("fsize", RESUME, "ulimit -f"),
     "file-size limit: sample save": (
         "fsize",
@@ -53,6 +55,31 @@ CASES: dict[str, tuple[str, list[str], str]] = {
         "read-only",
     ),
     "read-only fs: nll into the run": ("ro", ["nll", "run", "--num-images", "2"], "read-only"),
+    "read-only fs: prepare-data": ("ro", ["prepare-data", "digits", "prepared"], "read-only"),
+    # a read-only run is used without its cache (statistics, step costs)
+    "read-only fs: bound-optimal steps written elsewhere": (
+        "ro",
+        ["steps", "run", "--nfe", "3", "--num-images", "32", "--out-dir", ELSEWHERE],
+        None,
+    ),
+    "read-only fs: analytic samples written elsewhere": (
+        "ro",
+        [
+            "sample",
+            "run",
+            "--num",
+            "2",
+            "--steps",
+            "5",
+            "--sampler",
+            "analytic",
+            "--stats-images",
+            "100",
+            "--out",
+            f"{ELSEWHERE}/s.npz",
+        ],
+        None,
+    ),
 }
 
 

@@ -532,6 +532,32 @@ case("sample: a reference checkpoint", "iddpm convert")(
 )
 
 
+def ema_tensor(state: dict) -> None:
+    state["ema"] = torch.zeros(3)  # a tensor where {rate: weights} belongs
+
+
+case("sample: EMA entry is a tensor", "EMA entry is a Tensor")(
+    lambda tmp, t: ["sample", tampered(tmp, t, ema_tensor), *SAMPLE]
+)
+case("sample: EMA rate holds a tensor", "EMA entry '0.99'")(
+    lambda tmp, t: [
+        "sample",
+        tampered(tmp, t, lambda s: s["ema"].update({"0.99": torch.ones(1)})),
+        *SAMPLE,
+    ]
+)
+case("train --init-from: EMA entry is a tensor", "EMA entry is a Tensor")(
+    lambda tmp, t: [
+        "train",
+        *TINY_TRAIN,
+        *("--run-dir", tmp / "new", "--init-from", tampered(tmp, t, ema_tensor)),
+    ]
+)
+case("sweep: --samplers ''", "--samplers")(
+    lambda tmp, t: ["sweep", run_copy(tmp, t), "--samplers", "", "--num", "2"]
+)
+
+
 # ---- training: resume, existing runs, conflicting options ------------------------------
 case("train: into an existing run", "--resume")(
     lambda tmp, t: ["train", *TINY_TRAIN, "--run-dir", run_copy(tmp, t)]
@@ -669,7 +695,12 @@ convert_case(
     "could run code",
     lambda tmp, t: torch.save({"w": Evil()}, tmp / "model.pt") or tmp / "model.pt",
 )
-convert_case("an iddpm checkpoint", "iddpm sample", lambda tmp, t: latest(run_copy(tmp, t)))
+convert_case("an iddpm checkpoint", "needs no conversion", lambda tmp, t: latest(run_copy(tmp, t)))
+convert_case(
+    "an iddpm checkpoint without its format_version",
+    "needs no conversion",
+    lambda tmp, t: latest(tampered(tmp, t, lambda s: s.pop("format_version"))),
+)
 convert_case("a directory", "folder", lambda tmp, t: run_copy(tmp, t))
 convert_case(
     "a list, not a state dict",

@@ -20,7 +20,7 @@ def _choices(command: str, option: str) -> tuple[str, ...]:
 
 
 def test_the_bound_sigmas_are_the_registry_table() -> None:
-    assert config.EVAL_SIGMAS == tuple(registry.SIGMAS)
+    assert tuple(registry.SIGMAS) == config.EVAL_SIGMAS
     assert _choices("nll", "sigma") == config.EVAL_SIGMAS
     assert set(STEP_SIGMAS) <= set(registry.SIGMAS) and _choices("steps", "sigma") == STEP_SIGMAS
     assert {e.bound_sigma for e in map(registry.get, registry.names())} - {None} <= set(STEP_SIGMAS)
@@ -28,7 +28,7 @@ def test_the_bound_sigmas_are_the_registry_table() -> None:
 
 def test_features_spacings_and_splits() -> None:
     assert _choices("fid", "features") == _choices("sweep", "features") == EXTRACTORS
-    assert _choices("sweep", "spacing") == ("even", *respace.SPACINGS)
+    assert _choices("sweep", "spacing") == ("even", *respace.SPACINGS, "best")
     for command, option in (("nll", "split"), ("steps", "split"), ("fid", "ref-split")):
         assert _choices(command, option) == config.SPLITS
     for prefix in respace.SPACINGS:  # every prefix parses
@@ -48,3 +48,20 @@ def test_every_sampler_and_option_is_offered(command: str) -> None:
     assert all(name in text for name in registry.names())
     flags = {o for p in params for o in p.opts}
     assert {f"--{k.replace('_', '-')}" for k in registry.cli_options()} <= flags
+
+
+@pytest.mark.parametrize("section", [config.DiffusionConfig, config.UNetConfig, config.TrainConfig])
+def test_every_config_field_declares_its_flag_help_and_choices(section) -> None:
+    import dataclasses
+
+    params = {p.name: p for p in cli.commands["train"].params}
+    for f in dataclasses.fields(section):
+        assert f.metadata.get("help"), f"{section.__name__}.{f.name} has no help"
+        param = params[
+            f"{section.__name__.removesuffix('Config').lower().replace('unet', 'model')}__{f.name}"
+        ]
+        assert (param.help or "").startswith(f.metadata["help"])
+        if "choices" in f.metadata:
+            assert tuple(param.type.choices) == f.metadata["choices"]
+            with pytest.raises(ValueError, match="choose one of"):
+                section(**{f.name: "no-such-choice"})

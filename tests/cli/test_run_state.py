@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _contract import TINY_TRAIN, invoke
+from _contract import TINY_TRAIN, check_failure, invoke, tree_state
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "improved_diffusion_unet.npz"
 
@@ -73,6 +73,30 @@ def test_resume_without_config_json(trained, tmp_path) -> None:
     shutil.copytree(trained, run)
     (run / "config.json").unlink()
     assert ok(["train", "--resume", "--run-dir", run, "--steps", "3"])["step"] == 3
+
+
+def test_resume_accepts_the_preset_and_flags_the_run_was_started_with(trained, tmp_path) -> None:
+    # the README's advice: rerun the same command with --resume
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    summary = ok(["train", "--preset", "digits", *TINY_TRAIN, "--run-dir", run, "--resume"])
+    assert summary["step"] == 2 and summary["steps_run"] == 0
+    args = ["train", "--config", trained / "config.json", *TINY_TRAIN, "--steps", "3"]
+    assert ok([*args, "--run-dir", run, "--resume"])["step"] == 3
+
+
+def test_resume_refuses_a_preset_that_conflicts_and_lists_the_fields(trained, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = tree_state(run)
+    result = invoke(["train", "--preset", "digits", "--run-dir", run, "--resume"])
+    line = check_failure(result, 2, "drop --preset")
+    for field in ("--diffusion-steps: run 20, --preset digits 1000", "--num-heads", "--steps"):
+        assert field in line
+    assert "--lr" not in line and "--model-channels" not in line  # only those that differ
+    result = invoke(["train", "--preset", "cifar10", *TINY_TRAIN, "--run-dir", run, "--resume"])
+    assert "--image-size: run 8, --preset cifar10 32" in check_failure(result, 2, "--resume")
+    assert tree_state(run) == before
 
 
 def test_convert_overwrite_replaces_the_run(trained, tmp_path) -> None:

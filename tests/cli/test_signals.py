@@ -32,22 +32,49 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+def _default_signals() -> None:
+    # In the child, before exec: a suite started where SIGINT is ignored (a background
+    # job, `nohup make test`) would pass SIG_IGN on, Python would then install no
+    # KeyboardInterrupt handler, and the child would ignore the test's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
-    """`iddpm ARGS` in a child process whose stderr is collected as it comes."""
+    """`iddpm ARGS` in a child process with default signal handling, whose stdout and
+    stderr are collected as they come; every wait on it has a timeout, and leaving the
+    `with` block kills it if it still runs."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, program: tuple[str, ...] = ("-m", "iddpm")):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "iddpm", *map(str, args)]
+        cmd = [sys.executable, *program, *map(str, args)]
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_default_signals,
         )
-        self.err = bytearray()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.out, self.err = bytearray(), bytearray()
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe, buf), daemon=True)
+            for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        while chunk := self.proc.stderr.read1(4096):
-            self.err += chunk
+    @staticmethod
+    def _read(pipe, buf: bytearray) -> None:
+        while chunk := pipe.read1(4096):
+            buf += chunk
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
     def wait_for(self, ready, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -56,14 +83,33 @@ class Child:
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.02)
 
-    def stop(self, sig: signal.Signals) -> tuple[int, str, list[str]]:
-        """Send `sig`; (exit code, stdout, visible stderr lines)."""
+    def stop(self, sig: signal.Signals, timeout: float = 120) -> tuple[int, str, list[str]]:
+        """Send `sig`; (exit code, stdout, visible stderr lines). A child still running
+        `timeout` seconds later fails the test (and is killed on leaving `with`)."""
         self.proc.send_signal(sig)
-        out = self.proc.stdout.read().decode()
-        code = self.proc.wait(timeout=120)
-        self._reader.join(timeout=10)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{sig.name} did not stop the child in {timeout} s") from None
+        for reader in self._readers:
+            reader.join(timeout=10)
         result = type("R", (), {"stderr": self.err.decode()})
-        return code, out, error_lines(result)
+        return code, self.out.decode(), error_lines(result)
+
+
+def test_a_child_handles_ctrl_c_even_where_the_suite_ignores_it(tmp_path) -> None:
+    # as under `nohup make test` or a background job: SIGINT ignored in this process
+    script = "import signal, time; h = signal.getsignal(signal.SIGINT); "
+    script += "print(getattr(h, '__name__', h), flush=True); time.sleep(60)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Child([], tmp_path, program=("-c", script)) as child:
+            child.wait_for(lambda: child.out.endswith(b"\n"), timeout=60)
+            code, out, _ = child.stop(signal.SIGINT, timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert out.strip() == "default_int_handler"  # Python turns Ctrl-C into KeyboardInterrupt
+    assert code == -signal.SIGINT  # an uncaught KeyboardInterrupt ends Python by SIGINT
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
@@ -74,9 +120,9 @@ SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["
 def test_interrupted_training_saves_prints_json_and_exits_130_or_143(sig, tmp_path) -> None:
     run = tmp_path / "run"
     args = ["train", *TINY_TRAIN, "--steps", "100000", "--checkpoint-every", "100000"]
-    child = Child([*args, "--run-dir", run], tmp_path)
-    child.wait_for(lambda: (run / "metrics.jsonl").exists())  # after the first logged step
-    code, out, lines = child.stop(sig)
+    with Child([*args, "--run-dir", run], tmp_path) as child:
+        child.wait_for(lambda: (run / "metrics.jsonl").exists())  # after the first logged step
+        code, out, lines = child.stop(sig)
     assert code == EXIT[sig], (code, lines)
     assert lines == [f"iddpm: stopped by {sig.name} (checkpoint saved)"], lines
     summary = json.loads(out.strip().splitlines()[-1])
@@ -98,10 +144,10 @@ LONG_JOBS = {
 def test_interrupted_sample_and_nll_leave_no_files(command, sig, trained, tmp_path) -> None:
     shutil.copytree(trained, tmp_path / "run")
     before = tree_state(tmp_path)
-    child = Child([command, "run", *LONG_JOBS[command]], tmp_path)
-    child.wait_for(lambda: b"sampling" in child.err or b"bits/dim" in child.err)
-    time.sleep(0.5)
-    code, out, lines = child.stop(sig)
+    with Child([command, "run", *LONG_JOBS[command]], tmp_path) as child:
+        child.wait_for(lambda: b"sampling" in child.err or b"bits/dim" in child.err)
+        time.sleep(0.5)
+        code, out, lines = child.stop(sig)
     assert code == EXIT[sig], (code, lines)
     what = "interrupted" if sig == signal.SIGINT else "terminated"
     assert lines == [f"iddpm: {what}"], lines

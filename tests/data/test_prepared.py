@@ -148,13 +148,14 @@ def test_train_and_test_sub_folders_pick_the_split(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- refusals, nothing left
 
 
-def _refused(tmp_path: Path, exc: type[Exception], match: str, spec: str, **kw) -> None:
+def _refused(tmp_path: Path, exc: type[Exception], match: str, spec: str, **kw) -> str:
     before = _snapshot(tmp_path)
     with pytest.raises(exc, match=match) as e:
         prepare_data(spec, kw.pop("out", tmp_path / "out"), **kw)
     _one_line(e)
     assert _snapshot(tmp_path) == before
     assert not any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())
+    return str(e.value)
 
 
 def test_an_existing_output_is_refused_and_untouched(tmp_path: Path) -> None:
@@ -241,6 +242,31 @@ def test_a_write_error_is_one_line_and_removes_the_partial_output(
     _refused(
         tmp_path, ValueError, r"cannot write .*out \(No space left on device\); choose", "digits"
     )
+
+
+def test_a_read_only_file_system_is_named_not_taken_for_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(path: Path, plan, progress):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(prepared, "_write_images", read_only)
+    line = _refused(
+        tmp_path, ValueError, r"Read-only file system\); choose a folder on a", "digits"
+    )
+    assert "space" not in line
+
+
+def test_a_read_only_output_folder_is_refused_before_reading(tmp_path, monkeypatch) -> None:
+    flags = os.statvfs(tmp_path)
+
+    class ReadOnly:
+        f_flag = flags.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(prepared.os, "statvfs", lambda path: ReadOnly())
+    monkeypatch.setattr(prepared, "_plan", lambda *a: pytest.fail("read the source first"))
+    line = _refused(tmp_path, ValueError, "is on a read-only file system", "digits")
+    assert "space" not in line
 
 
 def test_an_interrupt_mid_write_removes_the_partial_output(tmp_path: Path, monkeypatch) -> None:

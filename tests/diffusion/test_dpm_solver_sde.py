@@ -26,11 +26,16 @@ import pytest
 import torch
 
 from conftest import gaussian_oracle
-from iddpm.diffusion import dpm_solver, registry, schedules
-from iddpm.diffusion.dpm_solver import SDEOptions, sde_dpm_solver_pp_steps, sde_dpmpp_update
+from iddpm.diffusion import registry, schedules
+from iddpm.diffusion.dpm_solver import (
+    SDEOptions,
+    sde_dpm_solver_pp_loop,
+    sde_dpm_solver_pp_steps,
+    sde_dpmpp_update,
+)
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType, VarType
 from iddpm.diffusion.respace import parse_steps, respace
-from iddpm.diffusion.samplers import ddim, per_sample_generators, run_to_end
+from iddpm.diffusion.samplers import Denoiser, ddim, per_sample_generators, run_to_end
 
 MU = 0.3
 SCALES = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # data standard deviations s of the oracle family
@@ -53,30 +58,29 @@ def exact_moments(d: GaussianDiffusion, mu: float, s: float, eta: float) -> tupl
     return mu - mu * g * rho ** (kappa / 2), g**2 * ((s**2 + var0) + (1 - s**2) * rho**kappa)
 
 
-def solver_variance(d: GaussianDiffusion, s: float, monkeypatch: pytest.MonkeyPatch, **kw) -> float:
-    """The solver's exact output variance for x0 ~ N(0, s²), through its own loop (docstring)."""
+def solver_variance(d: GaussianDiffusion, s: float, **kw) -> float:
+    """The solver's exact output variance for x0 ~ N(0, s²), through its own loop (docstring):
+    the loop's noise source hands out unit vectors, one dimension per draw."""
     K = d.num_timesteps
     basis = torch.eye(K, dtype=torch.float64)
     draws = iter(range(1, K))
-    monkeypatch.setattr(dpm_solver, "_randn", lambda shape, *_: basis[next(draws)].reshape(shape))
-    model = gaussian_oracle(d, 0.0, s)
-    x = run_to_end(
-        sde_dpm_solver_pp_steps(
-            model, d, noise=basis[0].reshape(1, 1, 1, K), clip_denoised=False, **kw
-        )
-    )
-    monkeypatch.undo()
+
+    def unit_noise(like: torch.Tensor) -> torch.Tensor:
+        return basis[next(draws)].reshape(like.shape)
+
+    denoise = Denoiser(gaussian_oracle(d, 0.0, s), d, clip_denoised=False)
+    x = run_to_end(sde_dpm_solver_pp_loop(denoise, basis[0].reshape(1, 1, 1, K), unit_noise, **kw))
     assert next(draws, None) is None  # K − 1 noise draws, all used
     return float((x**2).sum())
 
 
-def worst_variance_errors(spacing: str, monkeypatch: pytest.MonkeyPatch, **kw) -> list[float]:
+def worst_variance_errors(spacing: str, **kw) -> list[float]:
     """Worst |Var error|/s² over SCALES at each NFE (cosine T = 1000, learned Σ)."""
     out = []
     for k in NFES:
         d = process(f"{spacing}{k}")
         errs = [
-            abs(solver_variance(d, s, monkeypatch, **kw) - exact_moments(d, 0.0, s, 1.0)[1]) / s**2
+            abs(solver_variance(d, s, **kw) - exact_moments(d, 0.0, s, 1.0)[1]) / s**2
             for s in SCALES
         ]
         out.append(max(errs))
@@ -206,32 +210,28 @@ def test_the_drift_is_exact_for_constant_x0_and_second_order_for_smooth_x0(eta: 
 
 
 # ---------------------------------------------------------------------- weak convergence
-def test_the_output_variance_converges_at_second_order_on_logsnr_steps(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_output_variance_converges_at_second_order_on_logsnr_steps() -> None:
     # Measured worst errors (share of s²): 2M 31%, 11%, 4.4%, 1.3% (slope −1.54; for s = 1
     # alone the error falls 4× per doubling from 80 steps on); first order 72%, 50%, 30%,
     # 17% (slope −0.70).
-    err2 = worst_variance_errors("logsnr", monkeypatch)
-    err1 = worst_variance_errors("logsnr", monkeypatch, order=1)
+    err2 = worst_variance_errors("logsnr")
+    err1 = worst_variance_errors("logsnr", order=1)
     assert loglog_slope(err2) <= -1.3, err2
     assert -1.0 <= loglog_slope(err1) <= -0.5, err1
     assert all(a < b for a, b in zip(err2, err1)), (err2, err1)
     assert err2[-1] < err1[-1] / 8
 
 
-def test_the_output_variance_error_falls_on_even_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_output_variance_error_falls_on_even_steps() -> None:
     # Even spacing ends with a long λ-step into index 0, taken at first order (the
     # safeguard); measured 79%, 51%, 21%, 3.8% of s² at 10–80 steps.
-    errs = worst_variance_errors("", monkeypatch)
+    errs = worst_variance_errors("")
     assert all(b < a for a, b in itertools.pairwise(errs)), errs
     assert errs[-1] < 0.1, errs
 
 
 @pytest.mark.parametrize("k", [10, 20, 50])
-def test_sample_moments_match_the_exact_solver_moments_and_the_data(
-    k: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sample_moments_match_the_exact_solver_moments_and_the_data(k: int) -> None:
     # 4096 samples × 4 independent dimensions (n = 16384) of x0 ~ N(mu, s²), s = 0.2, even
     # steps. The real random draws reproduce the solver's exact variance (propagated as in
     # the module docstring) within 5 standard errors, and its mean within 5 standard errors
@@ -240,7 +240,7 @@ def test_sample_moments_match_the_exact_solver_moments_and_the_data(
     # 10·s²/K of the registry's moment tests (measured 53%, 18%, 1% of s²).
     s, n = 0.2, 4096 * 4
     d = process(str(k))
-    v_solver = solver_variance(d, s, monkeypatch)
+    v_solver = solver_variance(d, s)
     x = registry.sample(
         "dpmpp2m-sde",
         gaussian_oracle(d, MU, s),

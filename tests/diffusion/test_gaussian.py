@@ -31,7 +31,7 @@ def test_tables_are_float64_and_consistent() -> None:
         assert tab.dtype == torch.float64 and tab.shape == (50,), name
     assert d.alphas_cumprod_prev[0].item() == 1.0
     torch.testing.assert_close(d.alphas_cumprod_prev[1:], d.alphas_cumprod[:-1])
-    # β̃ is 0 at the first step; its log is borrowed from the second step (PAPER.md P3).
+    # β̃ is 0 at the first step; its log is borrowed from the second step (docs/paper.md P3).
     assert d.posterior_variance[0].item() == 0.0
     assert d.posterior_log_variance_clipped[0].item() == math.log(d.posterior_variance[1].item())
     torch.testing.assert_close(d.posterior_log_variance_clipped[1:], d.posterior_variance[1:].log())

@@ -1,4 +1,4 @@
-"""The bound's building blocks (PAPER.md P10, P12) against closed forms and independent math.
+"""The bound's building blocks (docs/paper.md P10, P12) against closed forms and independent math.
 
 The end-to-end checks of the whole bound (oracle data with a known entropy, the
 Monte-Carlo estimator's unbiasedness) live in tests/eval/test_bound_oracle.py.

@@ -1,4 +1,4 @@
-"""Training losses (PAPER.md P9, P11): targets, stop-gradient, where λ goes, config sweep."""
+"""Training losses (docs/paper.md P9, P11): targets, stop-gradient, where λ goes, config sweep."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The contract every registered sampler meets (DESIGN.md §2, STYLE.md 16).
+"""The contract every registered sampler meets (docs/design.md §2, docs/style.md 16).
 
 Parametrised over `registry.names()`, so a sampler is checked the moment it is
 registered: output shape and dtype, sample i depends only on (seed, i) (batch sizes 1, 4

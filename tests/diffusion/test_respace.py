@@ -1,4 +1,4 @@
-"""Step specs, strided processes and the model adapter (PAPER.md P14, P15)."""
+"""Step specs, strided processes and the model adapter (docs/paper.md P14, P15)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import torch
 from iddpm.diffusion import schedules
 from iddpm.diffusion.gaussian import _TABLES, GaussianDiffusion, MeanType, VarType
 from iddpm.diffusion.respace import (
+    KARRAS_SIGMA_MAX,
+    KARRAS_SIGMA_MIN,
+    LOGSNR_CEILING,
+    LOGSNR_FLOOR,
     ModelAdapter,
     format_steps,
     parse_steps,
@@ -127,15 +131,18 @@ def _logsnr(d: GaussianDiffusion) -> torch.Tensor:
     return torch.log(d.alphas_cumprod) - torch.log1p(-d.alphas_cumprod)
 
 
+def _targets(logsnr: torch.Tensor, K: int) -> torch.Tensor:
+    high = min(float(logsnr[0]), LOGSNR_CEILING)
+    return torch.linspace(high, max(float(logsnr[-1]), LOGSNR_FLOOR), K, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("K", [5, 10, 30])
 def test_logsnr_spec_keeps_the_steps_nearest_to_uniform_log_snr(K: int) -> None:
     d = make("linear", 1000)
     kept = parse_steps(f"logsnr{K}", 1000, alphas_cumprod=d.alphas_cumprod)
     logsnr = _logsnr(d)
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), K, dtype=torch.float64)
-    assert len(kept) == K and kept[0] == 0 and kept[-1] == 999
-    assert logsnr[0] > 9 and logsnr[-1] < -10  # the ends: steps 0 and T − 1
-    assert all(b > a for a, b in itertools.pairwise(kept))
+    targets = _targets(logsnr, K)
+    assert len(kept) == K and all(b > a for a, b in itertools.pairwise(kept))
     # no two targets share a step here, so every kept step is its target's nearest step
     nearest = [int((logsnr - t).abs().argmin()) for t in targets]
     assert kept == nearest
@@ -146,30 +153,52 @@ def test_logsnr_spec_keeps_the_steps_nearest_to_uniform_log_snr(K: int) -> None:
 
 
 def test_logsnr_spec_moves_colliding_targets_to_free_steps() -> None:
-    # Linear, K = 50: the first targets are closer than the first steps, and targets 1 and 2
-    # share step 1; the later one moves up to the next free step.
+    # K = 400 on the linear schedule (steps 57 … 674 in range): some targets are closer
+    # than the steps; a target whose nearest step is taken moves up to the next free step.
     d = make("linear", 1000)
-    kept = parse_steps("logsnr50", 1000, alphas_cumprod=d.alphas_cumprod)
-    logsnr = _logsnr(d)
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), 50, dtype=torch.float64)
-    nearest = [int((logsnr - t).abs().argmin()) for t in targets]
-    assert nearest[:7] == [0, 1, 1, 2, 3, 4, 6] and kept[:7] == [0, 1, 2, 3, 4, 5, 6]
-    assert kept[7:] == nearest[7:]
+    kept = parse_steps("logsnr400", 1000, alphas_cumprod=d.alphas_cumprod)
+    nearest = [int((_logsnr(d) - t).abs().argmin()) for t in _targets(_logsnr(d), 400)]
+    assert len(set(nearest)) < 400 and len(kept) == 400
+    assert all(b > a for a, b in itertools.pairwise(kept))
+    assert all(k >= n for k, n in zip(kept, nearest)) and kept[-1] == nearest[-1]
 
 
-def test_logsnr_spec_on_the_cosine_schedule_crowds_the_top_steps() -> None:
-    # The cosine schedule's clipped last β puts log-SNR −12.9 at step 998 and −19.8 at 999,
-    # 23% of the whole range [−19.8, 10.1] in one step: at K = 50 the targets from i = 28 on
-    # all lie beyond step 977, so they take the highest steps left, 978 … 999, in order.
+def test_logsnr_and_karras_stop_short_of_the_cosine_schedules_extreme_end() -> None:
+    # The cosine schedule's clipped last β puts log-SNR −12.9 at step 998 and −19.8 at 999
+    # (23% of the range in one step): uniform targets over the whole range crowd the top
+    # (the old `logsnr5` kept 0, 161, 943, 998, 999 and every sampler scored FID 165–320 at
+    # 5 calls). Both spacings now end at their floor / σ cap, below the crowded steps.
     d = make("cosine", 1000)
-    kept = parse_steps("logsnr50", 1000, alphas_cumprod=d.alphas_cumprod)
     logsnr = _logsnr(d)
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), 50, dtype=torch.float64)
-    nearest = [int((logsnr - t).abs().argmin()) for t in targets]
-    assert len(set(nearest)) < 50 and min(nearest[28:]) > 977
-    assert kept[:28] == nearest[:28] and kept[28:] == list(range(978, 1000))
-    assert parse_steps("logsnr1000", 1000, alphas_cumprod=d.alphas_cumprod) == list(range(1000))
-    assert parse_steps("logsnr1", 1000, alphas_cumprod=d.alphas_cumprod) == [0]
+    for K in (5, 10, 50):
+        lo = parse_steps(f"logsnr{K}", 1000, alphas_cumprod=d.alphas_cumprod)
+        ka = parse_steps(f"karras{K}", 1000, alphas_cumprod=d.alphas_cumprod)
+        assert float(logsnr[lo[-1]]) == pytest.approx(LOGSNR_FLOOR, abs=0.5)
+        sigma_top = math.exp(-0.5 * float(logsnr[ka[-1]]))
+        assert sigma_top == pytest.approx(KARRAS_SIGMA_MAX, rel=0.1)
+        assert len(lo) == len(ka) == K and lo[-1] < 998 and ka[-1] < 998
+    # the longest spec that fits below the floor, and the next one refused in one line
+    top = parse_steps("logsnr10", 1000, alphas_cumprod=d.alphas_cumprod)[-1]
+    assert parse_steps(f"logsnr{top + 1}", 1000, alphas_cumprod=d.alphas_cumprod) == list(
+        range(top + 1)
+    )
+    with pytest.raises(ValueError, match=f"use at most {top + 1} steps"):
+        parse_steps(f"logsnr{top + 2}", 1000, alphas_cumprod=d.alphas_cumprod)
+
+
+@pytest.mark.parametrize("K", [2, 5, 20])
+def test_karras_spec_keeps_the_steps_nearest_to_karras_sigmas(K: int) -> None:
+    # σ_i = (σ_max^{1/7} + i/(K−1)(σ_min^{1/7} − σ_max^{1/7}))^7 in σ = √((1 − ᾱ)/ᾱ),
+    # each kept step the one of nearest log σ (no collisions at these K).
+    d = make("cosine", 1000)
+    kept = parse_steps(f"karras{K}", 1000, alphas_cumprod=d.alphas_cumprod)
+    log_sigma = -0.5 * _logsnr(d)
+    s_min = max(math.exp(float(log_sigma[0])), KARRAS_SIGMA_MIN)
+    s_max = min(math.exp(float(log_sigma[-1])), KARRAS_SIGMA_MAX)
+    ramp = torch.linspace(0, 1, K, dtype=torch.float64)
+    sig = (s_min ** (1 / 7) + ramp * (s_max ** (1 / 7) - s_min ** (1 / 7))) ** 7
+    nearest = [int((log_sigma - math.log(s)).abs().argmin()) for s in sig]
+    assert kept == nearest
 
 
 def test_spaced_model_passes_the_schedule_to_logsnr_specs() -> None:
@@ -209,6 +238,9 @@ def test_explicit_step_list_tolerates_spaces_between_steps() -> None:
         ("trailingx", "non-integer count 'x'"),
         ("logsnr0", "asks for 0 steps; use 'logsnrK' with K >= 1"),
         ("logsnr101", "has only 100; use at most 'logsnr100'"),
+        ("karras0", "asks for 0 steps; use 'karrasK' with K >= 1"),
+        ("karras101", "has only 100; use at most 'karras100'"),
+        ("karras100", "use at most"),
         ("at:", "lists no steps"),
         ("at:0,x", "non-integer step 'x'"),
         ("at:0,,5", "non-integer step ''"),

@@ -1,4 +1,4 @@
-"""Samplers against closed forms on Gaussian data (PAPER.md P6–P8, P14, P15).
+"""Samplers against closed forms on Gaussian data (docs/paper.md P6–P8, P14, P15).
 
 For x0 ~ N(mu, s² I) the oracle denoiser is exact, so:
 - ancestral sampling with the oracle's learned Σ runs the exact reverse chain: its samples

@@ -1,4 +1,4 @@
-"""Noise schedules (PAPER.md P4, P5)."""
+"""Noise schedules (docs/paper.md P4, P5)."""
 
 from __future__ import annotations
 

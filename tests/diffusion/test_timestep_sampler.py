@@ -1,4 +1,4 @@
-"""Timestep samplers: uniform and the L_vlb importance sampler (PAPER.md P13)."""
+"""Timestep samplers: uniform and the L_vlb importance sampler (docs/paper.md P13)."""
 
 from __future__ import annotations
 

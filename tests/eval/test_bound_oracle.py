@@ -1,4 +1,4 @@
-"""The whole bound (PAPER.md P10, P12) on data whose answer is known exactly.
+"""The whole bound (docs/paper.md P10, P12) on data whose answer is known exactly.
 
 Tools:
 - Oracle denoisers from conftest: the exact Gaussian reverse step (moment matched) for

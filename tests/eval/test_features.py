@@ -26,15 +26,8 @@ from iddpm.eval.features import (
     save_digits_classifier,
     train_digits_classifier,
 )
-from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
-
-
-def compute_stats(extractor, images: np.ndarray, batch_size: int = 256) -> FeatureStats:
-    """FID statistics of images through an extractor, batch by batch."""
-    stats = FeatureStats(dim=extractor.dim, extractor=extractor.name)
-    for lo in range(0, len(images), batch_size):
-        stats.add(extractor(images[lo : lo + batch_size]))
-    return stats
+from iddpm.eval.fid import FeatureExtractor, fid_from_stats
+from iddpm.workflows.quality import image_features
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +74,9 @@ def test_digits_fid_orders_real_degraded_and_random_images(digits, extractor) ->
     noisy = np.clip(test.images + rng.normal(0, 40, test.images.shape), 0, 255).astype(np.uint8)
     random = rng.integers(0, 256, test.images.shape, dtype=np.uint8)
     missing_classes = test.images[test.labels < 5]
-    ref = compute_stats(extractor, train.images)
+    ref = image_features(extractor, train.images)[1]
     fid = {
-        name: fid_from_stats(compute_stats(extractor, imgs), ref)
+        name: fid_from_stats(image_features(extractor, imgs)[1], ref)
         for name, imgs in [
             ("test", test.images),
             ("noisy", noisy),
@@ -301,7 +294,7 @@ def test_real_inception_features_when_available(digits) -> None:
     images = test.images[:64]
     f = ex(images)
     assert f.shape == (64, 2048) and np.isfinite(f).all()
-    stats = compute_stats(ex, images, batch_size=32)
+    stats = image_features(ex, images, batch_size=32)[1]
     assert abs(fid_from_stats(stats, stats)) < 1e-6
 
 

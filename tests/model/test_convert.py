@@ -1,6 +1,6 @@
 """Loading openai/improved-diffusion checkpoints reproduces that implementation's outputs.
 
-The fixture (shared/fixtures/improved_diffusion_unet.npz, see its README) holds two small
+The fixture (tests/fixtures/improved_diffusion_unet.npz, see its README) holds two small
 reference UNets with random weights (zero-initialised layers randomised too) and their
 outputs on fixed inputs, computed by the reference code itself.
 """
@@ -25,22 +25,13 @@ from iddpm.model.convert import (
 )
 from iddpm.model.unet import UNet
 
-_ROOT = Path(__file__).resolve().parents[2]
-_NAME = "improved_diffusion_unet.npz"
-_CANDIDATES = [
-    _ROOT / "shared" / "fixtures" / _NAME,
-    _ROOT / "tests" / "fixtures" / _NAME,
-    _ROOT.parent / "shared" / "fixtures" / _NAME,
-]
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "improved_diffusion_unet.npz"
 TOL = {"rtol": 1e-4, "atol": 1e-5}  # the fixture README's suggestion
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict[str, np.ndarray]:
-    path = next((p for p in _CANDIDATES if p.exists()), None)
-    if path is None:
-        pytest.skip(f"reference fixture {_NAME} not found in {[str(p) for p in _CANDIDATES]}")
-    with np.load(path) as z:
+    with np.load(FIXTURE) as z:
         return {k: z[k] for k in z.files}
 
 

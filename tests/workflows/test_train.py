@@ -50,15 +50,14 @@ def test_a_failed_resume_changes_no_file(tmp_path: Path) -> None:
     assert _tree_hashes(run) == before
 
 
-def test_resume_takes_the_runs_own_config_and_refuses_another(tmp_path: Path) -> None:
+def test_resume_takes_the_runs_own_config(tmp_path: Path) -> None:
+    # (a --preset/--config given with --resume is checked against it by the command:
+    # tests/cli/test_run_state.py)
     cfg = tiny_experiment()
     run = tmp_path / "run"
     train(TrainJob(cfg, run))
     assert base_config(None, None, run, resume=True) == cfg
-    with pytest.raises(ValueError, match="drop --preset"):
-        base_config("cifar10", None, run, resume=True)
-    with pytest.raises(ValueError, match="drop --config"):
-        base_config(None, tmp_path / "other.json", run, resume=True)
+    assert base_config("cifar10", None, run, resume=True) == cfg
     with pytest.raises((FileNotFoundError, ValueError)):
         base_config(None, None, tmp_path / "nothing", resume=True)
     bad = tmp_path / "bad.json"

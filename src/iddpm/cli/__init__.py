@@ -3,7 +3,7 @@
 
 Progress bars and logs go to stderr; every command ends with one JSON object on the last
 line of stdout. Bad input gives one line on stderr and exit code 2; Ctrl-C exits 130 and
-SIGTERM 143 (DESIGN.md §4).
+SIGTERM 143 (docs/design.md §4).
 
 Multi-GPU, one node:   torchrun --nproc_per_node 8 -m iddpm train --preset cifar10 ...
 Several nodes:         torchrun --nnodes 2 --node_rank R --nproc_per_node 8 \\

@@ -12,6 +12,7 @@ from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
 from iddpm.cli.export import export
 from iddpm.cli.prepare import prepare_data
+from iddpm.cli.report import report
 from iddpm.cli.sample import sample
 from iddpm.cli.steps import steps
 from iddpm.cli.sweep import sweep
@@ -36,5 +37,6 @@ for command in (
     steps,
     prepare_data,
     convert,
+    report,
 ):
     cli.add_command(command)

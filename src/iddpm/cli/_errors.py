@@ -1,4 +1,4 @@
-"""From exceptions to one line on stderr and an exit code (DESIGN.md §4), in one place.
+"""From exceptions to one line on stderr and an exit code (docs/design.md §4), in one place.
 
 - A problem with the user's input, files, disk or device (ValueError, OSError and their
   kin, a missing optional package, a damaged file): `iddpm: error: …`, exit 2.

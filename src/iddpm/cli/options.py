@@ -1,4 +1,7 @@
-"""Config dataclass fields as click options: one flag per field, strings only at this edge."""
+"""Config dataclass fields as click options: one flag per field, strings only at this edge.
+
+A field's help, choices and (where it differs from the field name) flag are declared on the
+field itself (`config.option`); sampler options carry theirs on their options dataclass."""
 
 from __future__ import annotations
 
@@ -12,13 +15,6 @@ from typing import Any
 import click
 
 from iddpm.config import (
-    INIT_WEIGHTS,
-    LOSSES,
-    MEAN_TYPES,
-    PRECISIONS,
-    SCHEDULES,
-    TIMESTEP_SAMPLERS,
-    VAR_TYPES,
     DiffusionConfig,
     ExperimentConfig,
     TrainConfig,
@@ -27,68 +23,6 @@ from iddpm.config import (
 from iddpm.workflows.sample import sampler_cli_options, sampler_names
 from iddpm.workflows.statistics import StatsConfig
 
-# Flag names that differ from the field name (DESIGN.md §4).
-RENAMES = {"num_timesteps": "diffusion-steps", "var_type": "sigma"}
-CHOICES = {
-    "schedule": SCHEDULES,
-    "mean_type": MEAN_TYPES,
-    "var_type": VAR_TYPES,
-    "loss": LOSSES,
-    "timestep_sampler": TIMESTEP_SAMPLERS,
-    "precision": PRECISIONS,
-    "init_weights": INIT_WEIGHTS,
-}
-HELP = {
-    "num_timesteps": "diffusion steps T (the paper: 1000 or 4000)",
-    "schedule": "noise schedule (PAPER.md P4/P5)",
-    "mean_type": "what the network predicts",
-    "var_type": "reverse-process variance: learned range (the paper), or fixed beta-tilde/beta",
-    "loss": "objective: hybrid = L_simple + 0.001 L_vlb (the paper), simple, or vlb",
-    "vlb_weight": "lambda of the hybrid loss",
-    "timestep_sampler": "timestep sampling: uniform, or importance (p_t ~ sqrt(E[L_t^2]))",
-    "rescale_timesteps": "feed the network t scaled to [0, 1000)",
-    "image_size": "image resolution in pixels",
-    "in_channels": "image channels (1 grayscale, 3 RGB)",
-    "model_channels": "base channel count of the UNet",
-    "out_channels": "network output channels (default: derived, 2x image channels when "
-    "the variance is learned)",
-    "num_res_blocks": "residual blocks per resolution",
-    "attention_resolutions": "feature-map sizes with self-attention, e.g. 16,8",
-    "channel_mult": "channel multiplier per resolution, e.g. 1,2,2,2",
-    "num_heads": "attention heads",
-    "dropout": "dropout in residual blocks",
-    "use_scale_shift_norm": "apply the timestep embedding as scale and shift",
-    "num_classes": "classes for class-conditional models",
-    "conv_resample": "convolutional up/down-sampling",
-    "num_groups": "GroupNorm groups",
-    "data": "data: digits | DIR | FILE.npz | cifar10:DIR",
-    "class_cond": "train a class-conditional model (labels from the data)",
-    "random_flip": "random horizontal flips",
-    "batch_size": "global batch size (all ranks together)",
-    "microbatch": "per-rank micro-batch (0: no split)",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "warmup_steps": "linear learning-rate warm-up steps",
-    "ema_rates": "EMA rates, e.g. 0.9999 or 0.999,0.9999",
-    "ema_warmup": "cap the EMA rate at (1+k)/(10+k) at step k (for short runs)",
-    "grad_clip": "clip the gradient norm to this (0: off)",
-    "precision": "auto (bf16 autocast where the hardware runs bf16 natively: CUDA >= 8.0, "
-    "CPUs with AVX512-BF16/AMX; else fp32), fp32, bf16, or fp16 with loss scaling (GPU)",
-    "lr_anneal_steps": "decay the learning rate linearly to 0 over N steps (0: off)",
-    "grad_checkpoint": "recompute each UNet block's activations in the backward pass "
-    "(less memory, about a third more compute)",
-    "channels_last": "channels_last memory format",
-    "compile": "torch.compile the model (slow to start)",
-    "steps": "training steps",
-    "log_every": "steps between metric lines",
-    "sample_every": "steps between sample grids (0: off)",
-    "checkpoint_every": "steps between checkpoints",
-    "keep_checkpoints": "checkpoints to keep",
-    "seed": "random seed",
-    "init_from": "fine-tune: start from the weights of this run directory or checkpoint "
-    "(also a converted reference checkpoint); fresh optimizer",
-    "init_weights": "which weights --init-from takes: the slowest EMA, or the raw weights",
-}
 SECTIONS: dict[str, type] = {
     "diffusion": DiffusionConfig,
     "model": UNetConfig,
@@ -96,8 +30,13 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def _field(name: str) -> dataclasses.Field:
+    return next(f for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.name == name)
+
+
 def flag_name(field: str) -> str:
-    return RENAMES.get(field, field.replace("_", "-"))
+    """The flag of a config field: the field's name with dashes, or its metadata's "flag"."""
+    return _field(field).metadata.get("flag", field.replace("_", "-"))
 
 
 def _base_type(tp: Any) -> Any:
@@ -112,7 +51,7 @@ def _option(section: str, f: dataclasses.Field) -> Callable:
     tp = _base_type(hints[f.name])
     name = flag_name(f.name)
     dest = f"{section}__{f.name}"
-    help_ = HELP.get(f.name, f.name)
+    help_ = f.metadata.get("help", f.name)  # declared on the field (config.option)
     if tp is bool:
         return click.option(f"--{name}/--no-{name}", dest, default=None, help=help_)
     if typing.get_origin(tp) is tuple:
@@ -120,10 +59,9 @@ def _option(section: str, f: dataclasses.Field) -> Callable:
         return click.option(
             f"--{name}", dest, default=None, type=_TupleType(elem), help=help_ + " (comma list)"
         )
-    if f.name in CHOICES:
-        return click.option(
-            f"--{name}", dest, default=None, type=click.Choice(CHOICES[f.name]), help=help_
-        )
+    if "choices" in f.metadata:
+        choice = click.Choice(f.metadata["choices"])
+        return click.option(f"--{name}", dest, default=None, type=choice, help=help_)
     return click.option(f"--{name}", dest, default=None, type=tp, help=help_)
 
 

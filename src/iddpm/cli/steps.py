@@ -10,7 +10,13 @@ import click
 from iddpm.cli._command import job_command
 from iddpm.cli.options import pop_stats_config, stats_options
 from iddpm.config import SPLITS
-from iddpm.workflows.steps import STEP_SIGMAS, StepsJob, optimal_schedules
+from iddpm.workflows.steps import (
+    STEP_SIGMAS,
+    SamplerStepsJob,
+    StepsJob,
+    optimal_schedules,
+    sampler_schedules,
+)
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -61,12 +67,43 @@ def _counts(text: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--timestep-batch", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
+@click.option(
+    "--for",
+    "for_sampler",
+    default="",
+    help="an ODE sampler (e.g. ipndm, unipc, heun): the schedule of least one-step error "
+    "against a fine ODE trajectory from --num-images noise seeds, for --nfe network calls",
+)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=2),
+    default=80,
+    show_default=True,
+    help="with --for: Karras-spaced base steps the schedule is chosen from",
+)
 @stats_options
 @job_command
-def steps(checkpoint: Path, nfe: str, device: Any, progress: Any, **values: Any) -> dict[str, Any]:
+def steps(
+    checkpoint: Path,
+    nfe: str,
+    device: Any,
+    progress: Any,
+    for_sampler: str,
+    candidates: int,
+    **values: Any,
+) -> dict[str, Any]:
     """Print the K-step schedule of least bound for CHECKPOINT (a spec that `--steps`
     accepts, e.g. "at:0,3,11,…") and the bound it achieves on the cost images, beside the
-    even spacing's; `iddpm nll --split test --steps SPEC` measures it on test images."""
+    even spacing's; `iddpm nll --split test --steps SPEC` measures it on test images.
+    With --for SAMPLER: the schedule of least one-step error for that ODE sampler."""
+    if for_sampler:
+        job = SamplerStepsJob(checkpoint, for_sampler, nfe=_counts(nfe),
+                              num_images=values["num_images"], candidates=candidates,
+                              seed=values["seed"], out_dir=values["out_dir"])  # fmt: skip
+        result = sampler_schedules(job, device, progress)
+        for row in result["schedules"]:
+            click.echo(f"{for_sampler} at {row['nfe']} calls: {row['spec']}", err=True)
+        return result
     stats = pop_stats_config(values, seed=values["seed"])
     job = StepsJob(checkpoint, nfe=_counts(nfe), stats=stats, **values)
     result = optimal_schedules(job, device, progress)

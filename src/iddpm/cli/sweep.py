@@ -42,7 +42,8 @@ DEFAULT_STEPS = ("25", "50", "100", "250", "full")
     type=click.Choice(["even", *SPACINGS[1:]]),
     default="even",
     show_default=True,
-    help="how plain step counts are spaced (see `iddpm sample --help`)",
+    help="how plain step counts are spaced (see `iddpm sample --help`); best: each "
+    "sampler's own measured best (registry)",
 )
 @sampler_choice(multiple=True)
 @sampler_options
@@ -108,9 +109,17 @@ def sweep(
       --nll-images 200 --optimal-steps
     """
     names = tuple(s.strip() for s in samplers.split(",") if s.strip())
+    if not names:
+        raise ValueError(
+            f"--samplers {samplers!r} names no sampler; give a comma list, e.g. --samplers "
+            "ancestral,ddim (`iddpm sweep --help` lists the registered ones)"
+        )
     specs = step_specs if nfe is None else tuple(s.strip() for s in nfe.split(",") if s.strip())
+    if not specs:
+        raise ValueError(f"--nfe {nfe!r} names no budget; give a comma list, e.g. --nfe 5,10,20")
     options = split_options(names, pop_sampler_options(values))
     stats = pop_stats_config(values, seed=values["seed"])
     job = SweepJob(checkpoint, samplers=names, steps=specs, sampler_options=options,
-                   spacing="" if spacing == "even" else spacing, stats=stats, **values)  # fmt: skip
+                   spacing="" if spacing == "even" else spacing, nfe=nfe is not None,
+                   stats=stats, **values)  # fmt: skip
     return sweep_job(job, device, progress)

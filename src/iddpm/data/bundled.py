@@ -1,4 +1,4 @@
-"""The bundled default dataset: scikit-learn's 8×8 handwritten digits (DESIGN.md §2).
+"""The bundled default dataset: scikit-learn's 8×8 handwritten digits (docs/design.md §2).
 
 The data ships inside the scikit-learn wheel (`sklearn.datasets.load_digits`), so nothing is
 downloaded. 1797 grey images at their native 8×8 size, classes 0..9.

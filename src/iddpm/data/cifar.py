@@ -1,4 +1,4 @@
-"""CIFAR-10 from the official "CIFAR-10 python version" batches (DESIGN.md §4, `cifar10:DIR`).
+"""CIFAR-10 from the official "CIFAR-10 python version" batches (docs/design.md §4, `cifar10:DIR`).
 
 iddpm never downloads. Get `cifar-10-python.tar.gz` from
 https://www.cs.toronto.edu/~kriz/cifar.html and extract it; DIR may be the extracted

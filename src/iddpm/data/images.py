@@ -1,7 +1,7 @@
-"""Image datasets held as uint8, from a folder of image files or a `.npz` (DESIGN.md §2).
+"""Image datasets held as uint8, from a folder of image files or a `.npz` (docs/design.md §2).
 
 Images stay uint8 [N, H, W, C] (C = 1 for grey, 3 for RGB) until a batch is drawn; only then
-`to_model_range` maps them to float32 [N, C, H, W] in [−1, 1] with x/127.5 − 1 (PAPER.md),
+`to_model_range` maps them to float32 [N, C, H, W] in [−1, 1] with x/127.5 − 1 (docs/paper.md),
 so the discretised decoder sees exact bin centres. `to_uint8` is its rounding inverse.
 
 Resizing: each image is centre-cropped to a square (side = its short side, offsets floored)

@@ -1,4 +1,4 @@
-"""Infinite, seeded, rank-sharded batches (DESIGN.md §2, `data/loader.py`).
+"""Infinite, seeded, rank-sharded batches (docs/design.md §2, `data/loader.py`).
 
 This module imports nothing from iddpm but the layer-0 `_tensor` helpers: the trainer
 receives its batches from here through the CLI and never imports `iddpm.data` itself.

@@ -1,4 +1,4 @@
-"""The prepared, memory-mapped dataset layout and its reader (DESIGN.md §6: data at ImageNet
+"""The prepared, memory-mapped dataset layout and its reader (docs/design.md §6: data at ImageNet
 scale is prepared once; a rank's memory holds its batches, not the data set).
 
 A prepared dataset is a directory written once by `prepared.prepare_data`:

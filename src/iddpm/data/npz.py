@@ -1,4 +1,4 @@
-"""Reading `.npz` image archives without surprises (DESIGN.md §4: the `FILE.npz` data form).
+"""Reading `.npz` image archives without surprises (docs/design.md §4: the `FILE.npz` data form).
 
 Keys: images under the given key, else the first of arr_0, images, x, data; labels under
 the first of arr_1, labels, y. Layouts: uint8 [N, H, W, C] with C in (1, 3), [N, H, W]

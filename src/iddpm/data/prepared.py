@@ -23,6 +23,7 @@ prepare of the same OUT). An existing OUT is never touched.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -248,6 +249,19 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"{out} already exists; choose another output path or delete it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder {out.parent} does not exist; create it first")
+    if hasattr(os, "statvfs") and os.statvfs(out.parent).f_flag & os.ST_RDONLY:
+        raise ValueError(f"{out.parent} is on a read-only file system; {_WRITE_HINTS[errno.EROFS]}")
+
+
+# What to do when writing fails, by errno (a read-only file system is not a space problem).
+_WRITE_HINTS = {
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "choose another output path or free some space",
+    errno.EDQUOT: "choose another output path or free some of your disk quota",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit",
+}
 
 
 def _check_space(out: Path, nbytes: int) -> None:
@@ -301,9 +315,8 @@ def prepare_data(
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
-            raise ValueError(
-                f"cannot write {out} ({e.strerror or e}); choose a writable folder with free space"
-            ) from None
+            hint = _WRITE_HINTS.get(e.errno, "choose a writable folder with free space")
+            raise ValueError(f"cannot write {out} ({e.strerror or e}); {hint}") from None
         raise
     fsync_dir(out.parent)
     read_meta(out)  # what was written reads back

@@ -1,4 +1,4 @@
-"""Data SPEC strings → `ImageDataset` (DESIGN.md §4: the `--data` option).
+"""Data SPEC strings → `ImageDataset` (docs/design.md §4: the `--data` option).
 
 Accepted forms:
 

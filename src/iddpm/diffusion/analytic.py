@@ -1,7 +1,7 @@
 """Analytic-DPM (Bao et al. 2022): the optimal reverse variance from the model's own ε.
 
 For the ancestral reverse step of a process with K steps (code index i = paper's n − 1,
-PAPER.md's convention; the process may be strided), Bao et al.'s Theorem 1 with
+docs/paper.md's convention; the process may be strided), Bao et al.'s Theorem 1 with
 λ_n² = β̃_n gives the isotropic variance that minimises the bound given the model's mean:
 
     σ_n² = β̃_n + coef1_n² · v_n,   v_n = (β̄_n/ᾱ_n)(1 − Γ_n),   Γ_n = E_q ‖ε_θ(x_n, n)‖²/d,
@@ -38,8 +38,10 @@ import torch
 from iddpm.diffusion.gaussian import GaussianDiffusion, MeanType
 from iddpm.diffusion.likelihood import image_batches, traverse
 from iddpm.diffusion.samplers import (
+    Denoiser,
+    NoiseSource,
     SamplerStep,
-    ancestral_steps,
+    ancestral_loop,
     per_sample_generators,
 )
 
@@ -197,17 +199,17 @@ class AnalyticOptions:
             )
 
 
-def analytic_steps(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
+def analytic_loop(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    noise: NoiseSource,
     *,
     eps_moments: Sequence[float] | torch.Tensor = (),
     clip_pixel: float = 1.0,
-    **common: Any,
 ) -> Iterator[SamplerStep]:
     """Ancestral sampling (P6, P7) with Analytic-DPM's variance: the model's mean channels,
-    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. `common`: the shared
-    keywords of the sampler signature (as in `samplers.ancestral_steps`); eps_moments: Γ
-    [K] of this process."""
-    variance = clip_for_sampling(analytic_variance(diffusion, eps_moments), clip_pixel)
-    return ancestral_steps(model_fn, diffusion.with_reverse_variance(variance), **common)
+    σ_n² from `analytic_variance` clipped by `clip_for_sampling`. A sampler loop
+    (`samplers.SamplerLoop`); eps_moments: Γ [K] of this process."""
+    d = denoise.diffusion
+    variance = clip_for_sampling(analytic_variance(d, eps_moments), clip_pixel)
+    return ancestral_loop(denoise.on(d.with_reverse_variance(variance)), x, noise)

@@ -1,6 +1,6 @@
 """The Gaussian diffusion process: float64 tables, forward process, posterior, reverse step.
 
-Index convention: code step t ∈ {0, …, T−1} is the paper's step t+1 (PAPER.md,
+Index convention: code step t ∈ {0, …, T−1} is the paper's step t+1 (docs/paper.md,
 Conventions), so `alphas_cumprod[t]` = ᾱ_{t+1} and `alphas_cumprod_prev[t]` = ᾱ_t with
 ᾱ_0 = 1. Every table is built once in float64 and kept per device; a look-up returns the
 sample's dtype. The model is never called here: `p_mean_variance` takes a model *output*.

@@ -1,4 +1,4 @@
-"""Terms of the variational bound in explicit units, and bits/dim (PAPER.md P10, P12).
+"""Terms of the variational bound in explicit units, and bits/dim (docs/paper.md P10, P12).
 
 Units are in the names: `*_nats` are natural-log units, `*_bits` and `*_bpd` are bits per
 dimension (nats / (D·ln 2), P12). Code step t ∈ {0, …, T−1} is the paper's step t+1, so

@@ -1,4 +1,4 @@
-"""Unbiased Monte-Carlo estimate of the variational bound, in bits/dim (PAPER.md P10, P13).
+"""Unbiased Monte-Carlo estimate of the variational bound, in bits/dim (docs/paper.md P10, P13).
 
 `estimate_bits_per_dim` estimates the same bound as `likelihood.bits_per_dim` from K sampled
 steps per image instead of all T, with a standard error: "stratified" draws one step in

@@ -1,4 +1,4 @@
-"""Training losses: L_simple, L_hybrid and L_vlb, per example (PAPER.md P9, P11, P13).
+"""Training losses: L_simple, L_hybrid and L_vlb, per example (docs/paper.md P9, P11, P13).
 
 Where λ goes (the paper's most asked question). L_vlb = L_0 + L_1 + … + L_{T−1} + L_T is
 a *sum* of T terms (code steps 0…T−1, plus the parameter-free prior). Training draws one

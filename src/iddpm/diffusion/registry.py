@@ -1,13 +1,14 @@
-"""The sampler registry: a name → one sampler loop and its typed options (DESIGN.md §2).
+"""The sampler registry: a name → one sampler loop and its typed options (docs/design.md §2).
 
 Configs and commands name a sampler; nobody branches on it. Every entry's loop has the one
-sampler signature of `samplers.py`:
+loop contract of `samplers.py` (`SamplerLoop`):
 
-    steps(model_fn, diffusion, *, shape=None, noise=None, generator=None, clip_denoised=True,
-          model_kwargs=None, device=None, dtype=None, **options) -> Iterator[SamplerStep]
+    loop(denoise: Denoiser, x: x_T, noise: NoiseSource, **options) -> Iterator[SamplerStep]
 
-and its options are a frozen dataclass whose fields are the keyword options (validated in
-`__post_init__` with one-line errors). A field with `metadata={"cli": False}` is supplied by
+(`samplers.start` builds the three arguments from the shared keywords: shape or noise,
+generator, clip_denoised, model_kwargs, device, dtype), and its options are a frozen
+dataclass whose fields are the keyword options (validated in `__post_init__` with one-line
+errors). A field with `metadata={"cli": False}` is supplied by
 the caller's workflow (e.g. statistics estimated from data), not by a command-line flag;
 `metadata={"help": ...}` documents the rest. A field with `metadata={"statistic": NAME}`
 receives the statistic NAME of `STATISTICS` (e.g. Analytic-DPM's Γ), which the entry lists
@@ -25,6 +26,9 @@ and nowhere else (nobody outside this module compares a sampler's name):
     statistics   the statistics it needs, names of `STATISTICS`
     ode          True for a deterministic sampler (a probability-flow ODE solver)
     calls        network calls for K steps (default K)
+    spacing      the step spacing measured best for it at 5–20 calls ("karras", "trailing",
+                 …; "" = even, where not measured), which `sweep --spacing best` and the
+                 demo's leaderboard use (digits4k, benchmarks/results/fewstep_digits4k.json)
 """
 
 from __future__ import annotations
@@ -37,17 +41,25 @@ from typing import Any
 
 import torch
 
-from iddpm.diffusion import analytic
+from iddpm.diffusion import analytic, sigma_solvers, unipc
 from iddpm.diffusion.dpm_solver import (
+    DPMOptions,
     SDEOptions,
-    dpmpp_2m_sde_steps,
-    dpmpp_2m_steps,
-    dpmpp_3m_steps,
+    dpmpp_2m_loop,
+    dpmpp_2m_sde_loop,
+    dpmpp_3m_loop,
 )
 from iddpm.diffusion.gaussian import GaussianDiffusion
-from iddpm.diffusion.samplers import SamplerStep, ancestral_steps, ddim_steps, run_to_end
+from iddpm.diffusion.samplers import (
+    SamplerLoop,
+    SamplerStep,
+    ancestral_loop,
+    ddim_loop,
+    run_to_end,
+    start,
+)
 
-StepsFn = Callable[..., Iterator[SamplerStep]]
+StepsFn = SamplerLoop
 
 DEFAULT = "ancestral"  # the paper's sampler: what a request that names none gets
 
@@ -142,6 +154,14 @@ class SamplerEntry:
     statistics: tuple[str, ...] = ()
     ode: bool = False
     calls: Callable[[int], int] = _one_call_per_step
+    spacing: str = ""
+
+    def steps_for_calls(self, nfe: int) -> int:
+        """The most steps K whose network calls fit in `nfe` (at least 1)."""
+        k = max(int(nfe), 1)
+        while k > 1 and self.calls(k) > nfe:
+            k -= 1
+        return k
 
     def option_fields(self, cli_only: bool = False) -> tuple[dataclasses.Field, ...]:
         fields = dataclasses.fields(self.options)
@@ -178,6 +198,7 @@ def register(
     statistics: tuple[str, ...] = (),
     ode: bool = False,
     calls: Callable[[int], int] = _one_call_per_step,
+    spacing: str = "",
 ) -> None:
     """Add a sampler under `name` (lower-case, no spaces); a name is registered once.
     The keywords are what the package knows about it (module docstring); `label`
@@ -198,7 +219,16 @@ def register(
             f"must be exactly its statistics ({sorted(statistics)})"
         )
     _REGISTRY[name] = SamplerEntry(
-        name, steps, options, summary, label or name, bound_sigma, tuple(statistics), ode, calls
+        name,
+        steps,
+        options,
+        summary,
+        label or name,
+        bound_sigma,
+        tuple(statistics),
+        ode,
+        calls,
+        spacing,
     )
 
 
@@ -267,20 +297,6 @@ def with_statistics(name: str, options: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(options, **updates)
 
 
-def labels() -> dict[str, str]:
-    """name -> how reports name each registered sampler."""
-    return {name: entry.label for name, entry in _REGISTRY.items()}
-
-
-def with_bound(sigma: str | None = None) -> tuple[str, ...]:
-    """The samplers whose K-step process has a bound (with reverse variance `sigma`, or any)."""
-    return tuple(
-        n
-        for n, e in _REGISTRY.items()
-        if e.bound_sigma is not None and sigma in (None, e.bound_sigma)
-    )
-
-
 def options_dict(options: Any) -> dict[str, Any]:
     """The options as plain keyword arguments of the sampler loop."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
@@ -300,6 +316,25 @@ def cli_options() -> dict[str, tuple[type, str, tuple[str, ...]]]:
     return out
 
 
+def iterate(
+    name: str,
+    model_fn: Callable[..., torch.Tensor],
+    diffusion: GaussianDiffusion,
+    *,
+    options: Any = None,
+    **common: Any,
+) -> Iterator[SamplerStep]:
+    """The steps of sampler `name` (one `SamplerStep` per yield), arguments as in `sample`."""
+    entry = get(name)
+    if options is None:
+        options = entry.options()
+    elif not isinstance(options, entry.options):
+        raise TypeError(
+            f"sampler {name!r} takes {entry.options.__name__}, got {type(options).__name__}"
+        )
+    return entry.steps(*start(model_fn, diffusion, **common), **options_dict(options))
+
+
 def sample(
     name: str,
     model_fn: Callable[..., torch.Tensor],
@@ -312,59 +347,85 @@ def sample(
     """Run sampler `name` to the end and return the last x [N, C, H, W].
 
     options: the sampler's options object (default: its defaults); common: the shared
-    keywords of the sampler signature (shape or noise, generator, clip_denoised,
-    model_kwargs, device, dtype); callback(step) sees every step.
+    keywords of `samplers.start` (shape or noise, generator, clip_denoised, model_kwargs,
+    device, dtype); callback(step) sees every step.
     """
-    entry = get(name)
-    if options is None:
-        options = entry.options()
-    elif not isinstance(options, entry.options):
-        raise TypeError(
-            f"sampler {name!r} takes {entry.options.__name__}, got {type(options).__name__}"
-        )
-    loop = entry.steps(model_fn, diffusion, **common, **options_dict(options))
-    return run_to_end(loop, callback)
+    return run_to_end(iterate(name, model_fn, diffusion, options=options, **common), callback)
 
 
 register(
     "ancestral",
-    ancestral_steps,
+    ancestral_loop,
     NoOptions,
     "the paper's sampler: x_{t-1} ~ N(mu_theta, Sigma_theta) (fixed or learned Sigma)",
     bound_sigma="model",
 )
 register(
     "ddim",
-    ddim_steps,
+    ddim_loop,
     DDIMOptions,
     "DDIM(eta) of Song et al. 2021 (eta = 0: deterministic)",
     ode=True,  # at its default eta = 0
 )
 register(
     "dpmpp2m",
-    dpmpp_2m_steps,
-    NoOptions,
+    dpmpp_2m_loop,
+    DPMOptions,
     "DPM-Solver++(2M) of Lu et al. 2022: deterministic, second order, one call per step",
     ode=True,
+    spacing="karras",
 )
 register(
     "dpmpp3m",
-    dpmpp_3m_steps,
-    NoOptions,
+    dpmpp_3m_loop,
+    DPMOptions,
     "third-order multistep DPM-Solver++: beats dpmpp2m from ~40 steps of 'logsnrK' spacing",
     ode=True,
 )
 register(
     "dpmpp2m-sde",
-    dpmpp_2m_sde_steps,
+    dpmpp_2m_sde_loop,
     SDEOptions,
     "SDE-DPM-Solver++(2M) of Lu et al. 2022: stochastic, second order, one call per step",
+    spacing="trailing",
 )
 register(
     "analytic",
-    analytic.analytic_steps,
+    analytic.analytic_loop,
     analytic.AnalyticOptions,
     "ancestral with Analytic-DPM's optimal variance (Bao et al. 2022), Gamma from training images",
     bound_sigma="analytic",
     statistics=("gamma",),
+)
+register(
+    "unipc",
+    unipc.unipc_loop,
+    unipc.UniPCOptions,
+    "UniPC of Zhao et al. 2023 (bh2): multistep predictor + corrector, one call per step",
+    ode=True,
+    spacing="trailing",
+)
+register(
+    "ipndm",
+    sigma_solvers.ipndm_loop,
+    sigma_solvers.IPNDMOptions,
+    "iPNDM (Zhang & Chen 2023): 4th-order Adams-Bashforth in sigma, one call per step",
+    ode=True,
+    spacing="karras",
+)
+register(
+    "heun",
+    sigma_solvers.heun_loop,
+    NoOptions,
+    "EDM's Heun (Karras et al. 2022): 2nd order, 2 calls per step (K steps: 2K-1 calls)",
+    ode=True,
+    calls=sigma_solvers.heun_calls,
+    spacing="karras",
+)
+register(
+    "euler-ancestral",
+    sigma_solvers.euler_ancestral_loop,
+    sigma_solvers.EulerAncestralOptions,
+    "k-diffusion's Euler ancestral: Euler step in sigma plus fresh noise, one call per step",
+    spacing="trailing",
 )

@@ -1,4 +1,4 @@
-"""Strided processes (PAPER.md P14, P15) and the model adapter that maps timesteps.
+"""Strided processes (docs/paper.md P14, P15) and the model adapter that maps timesteps.
 
 A strided process keeps a subsequence S of the base steps and rebuilds β from ᾱ at the
 kept steps; the model still sees the *original* step indices (optionally rescaled to
@@ -19,14 +19,28 @@ Step specs (`parse_steps`), with T the base process's number of steps:
   always reaches T−1 and its lowest step is ⌈T/K⌉−1 (99 for `"trailing10"` of T = 1000);
   the last transition then goes from there straight to the data (ᾱ = 1), as strided
   processes always do. `"trailingT"` keeps every step.
-- `"logsnrK"`: K steps uniform in log-SNR log(ᾱ/(1−ᾱ)) between its values at steps 0 and
-  T−1: target i is mapped to the step of nearest log-SNR; where targets would share a step
-  (the ends of most schedules are sparse in log-SNR) a step moves up to the next free one,
-  but never past the room the remaining targets need, so 0 and T−1 are always kept. The
-  cosine schedule's clipped last β (log-SNR −12.9 at step 998 of T = 1000, −19.8 at 999:
-  23% of its range in one step) sends over a quarter of the targets past step 997; they
-  take the highest steps left, one each (`"logsnr50"` keeps 978 … 999). Needs the
-  schedule's ᾱ (`parse_steps(..., alphas_cumprod=...)`; `spaced_model` passes it).
+- `"logsnrK"`: K steps uniform in log-SNR log(ᾱ/(1−ᾱ)) from LOGSNR_CEILING (3.2) down to
+  LOGSNR_FLOOR (−4.6), clipped to the schedule's own range: target i is mapped to the step
+  of nearest log-SNR; where targets would share a step a step moves up to the next free
+  one, but never past the room the remaining targets need below the top target's step (a
+  K that does not fit is a one-line error). Without the floor, the cosine schedule's
+  clipped last β (log-SNR −12.9 at step 998 of T = 1000, −19.8 at 999: 23% of its range
+  in one step) sent the top targets to 998 and 999: `logsnr5` kept 0, 161, 943, 998, 999
+  and every sampler scored digits-FID 165–320 at 5 calls (DPM-Solver clips the cosine
+  schedule's end for the same reason). Needs the schedule's ᾱ
+  (`parse_steps(..., alphas_cumprod=...)`; `spaced_model` passes it).
+- `"karrasK"`: Karras et al.'s (EDM) ρ = 7 spacing in σ = √((1 − ᾱ)/ᾱ),
+  σ_i = (σ_max^{1/ρ} + i/(K−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ with [σ_min, σ_max] =
+  [KARRAS_SIGMA_MIN, KARRAS_SIGMA_MAX] = [0.2, 10] clipped to the schedule's range, each
+  target the step of nearest log σ (collisions as for `logsnrK`). Over the full σ range
+  (2·10⁴ on the cosine schedule) the spacing wastes its steps at noise, as diffusers'
+  Karras sigmas do (FID ≈ 340 there). The range [0.2, 10] (the same as `logsnrK`'s) was
+  measured on the digits model (cosine, T = 1000), digits-FID of 1000 samples at 5 calls
+  (iPNDM; UniPC): σ ∈ [0.2, 10] 4.0; σ_min 0.05 38 (8.2 for UniPC), 0.4 5.9; σ_max 80 with
+  σ_min 0.05/0.2/0.4: 11/13/49; at 10 calls (iPNDM) σ_min 0.05/0.1/0.2: 4.2/4.0/3.7
+  (benchmarks/results/fewstep_spacing_ranges.json). The last network call, at σ_min,
+  returns x̂0 there: stopping at σ = 0.2 (step 118) rather than 0.006 (step 0) is what
+  trailing spacing does too (its lowest step is ⌈T/K⌉ − 1).
 - `"at:0,5,17,999"`: exactly these steps (strictly increasing integers in [0, T)), e.g. a
   bound-optimal schedule; `format_steps(kept)` writes a list in this syntax, and
   `parse_steps(format_steps(kept), T) == kept`.
@@ -35,6 +49,7 @@ Step specs (`parse_steps`), with T the base process's number of steps:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,9 +61,16 @@ ModelFn = Callable[..., torch.Tensor]
 
 _FORMATS = (
     "use a count like '50', section counts like '10,15,20', 'ddim50', 'trailing50', "
-    "'logsnr50', or a list of steps like 'at:0,10,999'"
+    "'logsnr50', 'karras50', or a list of steps like 'at:0,10,999'"
 )
 EXPLICIT_PREFIX = "at:"
+# The σ = √((1 − ᾱ)/ᾱ) range of `karrasK` and `logsnrK` (log-SNR = −2 log σ), chosen by
+# measurement (module docstring): [0.2, 10] in σ, i.e. log-SNR [−4.6, 3.2].
+KARRAS_SIGMA_MIN = 0.2
+KARRAS_SIGMA_MAX = 10.0
+KARRAS_RHO = 7.0
+LOGSNR_FLOOR = -2.0 * math.log(KARRAS_SIGMA_MAX)
+LOGSNR_CEILING = -2.0 * math.log(KARRAS_SIGMA_MIN)
 
 
 def timestep_scale(num_timesteps: int, rescale_timesteps: bool) -> float:
@@ -129,8 +151,7 @@ def _trailing_steps(count: int, num_timesteps: int) -> list[int]:
     return sorted(num_timesteps - 1 - (i * num_timesteps) // count for i in range(count))
 
 
-def _logsnr_steps(count: int, alphas_cumprod: torch.Tensor, spec: str) -> list[int]:
-    """K steps uniform in log-SNR between steps 0 and T−1 (module docstring), sorted."""
+def _log_snr(alphas_cumprod: torch.Tensor, spec: str) -> torch.Tensor:
     abar = alphas_cumprod.detach().to(device="cpu", dtype=torch.float64)
     logsnr = torch.log(abar) - torch.log1p(-abar)  # strictly decreasing in t
     if not bool(torch.isfinite(logsnr).all()):
@@ -138,21 +159,70 @@ def _logsnr_steps(count: int, alphas_cumprod: torch.Tensor, spec: str) -> list[i
             f"step spec {spec!r} needs 0 < ᾱ < 1 at every step for a finite log-SNR; "
             "use an even spacing like 'trailing50' for this schedule"
         )
-    T = abar.numel()
-    if count == 1:
-        return [0]
-    targets = torch.linspace(float(logsnr[0]), float(logsnr[-1]), count, dtype=torch.float64)
+    return logsnr
+
+
+def _nearest_steps(targets: torch.Tensor, logsnr: torch.Tensor, spec: str) -> list[int]:
+    """The steps of log-SNR nearest to `targets` [K] (decreasing log-SNR, the last at or
+    above the schedule's end), sorted; colliding targets move up to the next free step,
+    never past the room the remaining ones need below the top target's step."""
+    T, count = logsnr.numel(), targets.numel()
     # nearest step: the insertion point in the increasing −logsnr and its left neighbour
     right = torch.searchsorted(-logsnr, -targets).clamp(1, T - 1)
     left = right - 1
     closer_left = (logsnr[left] - targets).abs() <= (logsnr[right] - targets).abs()
     nearest = torch.where(closer_left, left, right).tolist()
+    top = nearest[-1]
+    if top + 1 < count:
+        raise ValueError(
+            f"step spec {spec!r} needs {count} steps at or below step {top}, where its "
+            f"log-SNR range ends; use at most {top + 1} steps"
+        )
     kept: list[int] = []
     for i, step in enumerate(nearest):
         # next free step above the last one, leaving room for the count − 1 − i still to place
         floor = kept[-1] + 1 if kept else 0
-        kept.append(min(max(step, floor), T - count + i))
+        kept.append(min(max(step, floor), top - count + 1 + i))
     return kept
+
+
+def logsnr_steps(
+    count: int,
+    alphas_cumprod: torch.Tensor,
+    floor: float = LOGSNR_FLOOR,
+    spec: str = "",
+    ceiling: float = LOGSNR_CEILING,
+) -> list[int]:
+    """K steps uniform in log-SNR from min(log-SNR at step 0, `ceiling`) down to
+    max(log-SNR at T−1, `floor`), sorted (module docstring)."""
+    logsnr = _log_snr(alphas_cumprod, spec or f"logsnr{count}")
+    high = min(float(logsnr[0]), ceiling)
+    if count == 1:
+        return _nearest_steps(torch.tensor([high], dtype=torch.float64), logsnr, spec)
+    low = max(float(logsnr[-1]), floor)
+    targets = torch.linspace(high, low, count, dtype=torch.float64)
+    return _nearest_steps(targets, logsnr, spec or f"logsnr{count}")
+
+
+def karras_steps(
+    count: int,
+    alphas_cumprod: torch.Tensor,
+    sigma_max: float = KARRAS_SIGMA_MAX,
+    rho: float = KARRAS_RHO,
+    spec: str = "",
+    sigma_min: float = KARRAS_SIGMA_MIN,
+) -> list[int]:
+    """K steps at Karras et al.'s σ_i = (σ_max^{1/ρ} + i/(K−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ
+    in σ = √((1 − ᾱ)/ᾱ), σ_min that of step 0, σ_max = min(`sigma_max`, σ of step T−1);
+    each the step of nearest log σ (log-SNR = −2 log σ), sorted (module docstring)."""
+    logsnr = _log_snr(alphas_cumprod, spec or f"karras{count}")
+    sig_min = max(math.exp(-0.5 * float(logsnr[0])), sigma_min)
+    if count == 1:
+        return _nearest_steps(torch.tensor([-2.0 * math.log(sig_min)]), logsnr, spec)
+    sig_max = min(math.exp(-0.5 * float(logsnr[-1])), sigma_max)
+    ramp = torch.linspace(1.0, 0.0, count, dtype=torch.float64)
+    sig = (sig_max ** (1 / rho) + ramp * (sig_min ** (1 / rho) - sig_max ** (1 / rho))) ** rho
+    return _nearest_steps(-2.0 * torch.log(sig), logsnr, spec or f"karras{count}")
 
 
 def _parse_count(token: str, spec: str) -> int:
@@ -220,7 +290,8 @@ def format_steps(steps: Sequence[int]) -> str:
 # steps kept of T. The one table of them: the sweep's --spacing offers these.
 SPACINGS: dict[str, Callable[[int, int, torch.Tensor | None, str], list[int]]] = {
     "trailing": lambda k, t, abar, spec: _trailing_steps(k, t),
-    "logsnr": lambda k, t, abar, spec: _logsnr_steps(k, _need_abar(abar, spec, t), spec),
+    "logsnr": lambda k, t, abar, spec: logsnr_steps(k, _need_abar(abar, spec, t), spec=spec),
+    "karras": lambda k, t, abar, spec: karras_steps(k, _need_abar(abar, spec, t), spec=spec),
     "ddim": lambda k, t, abar, spec: _ddim_steps(k, t),
 }
 
@@ -231,10 +302,11 @@ def parse_steps(
     """Kept steps of a base process with `num_timesteps` steps, sorted, as a list of int.
 
     spec: see the module docstring ("", "250", "10,15,20", "ddim50", "trailing50",
-    "logsnr50", "at:0,10,999"); alphas_cumprod: the base schedule's ᾱ [T] (float64), needed
-    by "logsnrK" only. Raises one-line ValueErrors for non-integer, zero or negative counts,
-    counts larger than their section, bad explicit lists, a missing ᾱ and unknown formats
-    (P14, P15).
+    "logsnr50", "karras50", "at:0,10,999"); alphas_cumprod: the base schedule's ᾱ [T]
+    (float64), needed by "logsnrK" and "karrasK" only. Raises one-line ValueErrors for
+    non-integer, zero or negative counts, counts larger than their section (or than the
+    capped range of "logsnrK"/"karrasK"), bad explicit lists, a missing ᾱ and unknown
+    formats (P14, P15).
     """
     if not isinstance(num_timesteps, int) or num_timesteps < 1:
         raise ValueError(

@@ -1,4 +1,16 @@
-"""Samplers: one loop generator per family, all sharing one signature (PAPER.md P6–P8, P15).
+"""Samplers: one loop generator per family, all sharing one contract (docs/paper.md P6–P8, P15).
+
+The loop contract (`SamplerLoop`), in the spirit of EDM's samplers:
+
+    loop(denoise: Denoiser, x: x_T [N, C, H, W], noise: NoiseSource, **options)
+        -> Iterator[SamplerStep]
+
+`denoise(x, t)` is one network call at process index t (with clipping and the model's
+keywords bound in), `noise(x)` fresh N(0, I) noise like x from the per-sample generators.
+`start` builds the three from the shared keywords (shape or noise, generator,
+clip_denoised, model_kwargs, device, dtype), the one place they are spelled out; `drive`
+runs a loop from those keywords (`ancestral_steps`, `ddim_steps` and the solvers' `*_steps`
+are such shorthands).
 
 - `ancestral_steps`: p_θ(x_{t−1} | x_t) = N(μ_θ, Σ_θ), fixed or learned Σ (P6–P8).
 - `ddim_steps`: DDIM(η) of Song et al. 2021 (P15); η = 0 is deterministic.
@@ -22,6 +34,8 @@ The loops run without autograd (each step is computed under `torch.no_grad`).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,8 +148,46 @@ def model_step(
     return diffusion.p_mean_variance(out, x, tt, clip_denoised=clip_denoised)
 
 
-# ---------------------------------------------------------------------- ancestral
-def ancestral_steps(
+# ---------------------------------------------------------------------- the loop contract
+@dataclass(frozen=True)
+class Denoiser:
+    """The network as a sampler loop sees it: `denoise(x, t)` is one network call at
+    process index t (an int, for the whole batch) and the reverse step it implies (mean,
+    variance, x̂0, ε̂ as a `PMeanVar`), with x̂0 clipped to [−1, 1] when `clip_denoised`.
+    `diffusion` is the process the loop runs (its tables give ᾱ, λ, σ of every index)."""
+
+    model_fn: ModelFn
+    diffusion: GaussianDiffusion
+    clip_denoised: bool = True
+    model_kwargs: Mapping[str, Any] | None = None
+
+    def __call__(self, x: torch.Tensor, t: int) -> PMeanVar:
+        return model_step(
+            self.model_fn, self.diffusion, x, t, self.clip_denoised, self.model_kwargs
+        )
+
+    def on(self, diffusion: GaussianDiffusion) -> Denoiser:
+        """The same network read through another process's tables (e.g. another Σ)."""
+        return dataclasses.replace(self, diffusion=diffusion)
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """Fresh standard normal noise for a loop: `noise(x)` is shaped like x (its device and
+    dtype), row i drawn from generator i when there is one generator per sample."""
+
+    generator: Generators = None
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        return _randn(like.shape, self.generator, like.device, like.dtype)
+
+
+# A sampler loop: loop(denoise: Denoiser, x: x_T [N, C, H, W], noise: NoiseSource,
+# **options) -> Iterator[SamplerStep]. The registry builds its three arguments with `start`.
+SamplerLoop = Callable[..., Iterator[SamplerStep]]
+
+
+def start(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
     *,
@@ -146,52 +198,72 @@ def ancestral_steps(
     model_kwargs: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-) -> Iterator[SamplerStep]:
-    """(P6–P8) Ancestral sampling x_{t−1} = μ_θ(x_t, t) + exp(½ log Σ_θ)·z, t = T−1 … 0.
+) -> tuple[Denoiser, torch.Tensor, NoiseSource]:
+    """The arguments of a sampler loop from the shared keywords (the one place they are
+    spelled out): the denoiser, x_T and the noise source of the later steps.
 
-    noise: the starting x [N, C, H, W] (else drawn with `shape` from `generator`); device,
-    dtype: of the sample (default: those of `noise`, else cpu and float32). No noise is
-    added at t = 0, so the last x is μ_θ(x_1, 0). Works for every mean and variance type
-    through `diffusion.p_mean_variance` (a learned-Σ model outputs 2C channels).
+    noise: the starting x_T [N, C, H, W] (else drawn with `shape` from `generator`, before
+    any step noise); generator: one `torch.Generator` for the batch or one per sample
+    (`per_sample_generators`); device, dtype: of the sample (default: those of `noise`, else
+    cpu and float32); clip_denoised, model_kwargs: see `Denoiser`.
     """
     x = initial_noise(shape, noise, generator, device, dtype)
-    for t in reversed(range(diffusion.num_timesteps)):
-        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
+    return Denoiser(model_fn, diffusion, clip_denoised, model_kwargs), x, NoiseSource(generator)
+
+
+_START_KEYWORDS = frozenset(inspect.signature(start).parameters) - {"model_fn", "diffusion"}
+
+
+def drive(
+    loop: SamplerLoop, model_fn: ModelFn, diffusion: GaussianDiffusion, **kwargs: Any
+) -> Iterator[SamplerStep]:
+    """Run a sampler loop from the shared keywords of `start` plus the loop's own options
+    (e.g. `drive(ddim_loop, model_fn, d, shape=..., generator=g, eta=0.5)`)."""
+    options = {k: v for k, v in kwargs.items() if k not in _START_KEYWORDS}
+    common = {k: v for k, v in kwargs.items() if k in _START_KEYWORDS}
+    return loop(*start(model_fn, diffusion, **common), **options)
+
+
+# ---------------------------------------------------------------------- ancestral
+def ancestral_loop(denoise: Denoiser, x: torch.Tensor, noise: NoiseSource) -> Iterator[SamplerStep]:
+    """(P6–P8) Ancestral sampling x_{t−1} = μ_θ(x_t, t) + exp(½ log Σ_θ)·z, t = T−1 … 0.
+
+    No noise is added at t = 0, so the last x is μ_θ(x_1, 0). Works for every mean and
+    variance type through `diffusion.p_mean_variance` (a learned-Σ model outputs 2C
+    channels).
+    """
+    for t in reversed(range(denoise.diffusion.num_timesteps)):
+        out = denoise(x, t)
         x = out.mean
         if t > 0:  # the last step returns the mean: the decoder's noise is not sampled
-            z = _randn(x.shape, generator, x.device, x.dtype)
-            x = x + torch.exp(0.5 * out.log_variance) * z
+            x = x + torch.exp(0.5 * out.log_variance) * noise(x)
         yield SamplerStep(t, x, out.pred_x0)
 
 
+def ancestral_steps(
+    model_fn: ModelFn, diffusion: GaussianDiffusion, **kwargs: Any
+) -> Iterator[SamplerStep]:
+    """`ancestral_loop` from the shared keywords of `start` (see `drive`)."""
+    return drive(ancestral_loop, model_fn, diffusion, **kwargs)
+
+
 # ---------------------------------------------------------------------- DDIM
-def ddim_steps(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    *,
-    shape: Sequence[int] | None = None,
-    noise: torch.Tensor | None = None,
-    generator: Generators = None,
-    clip_denoised: bool = True,
-    model_kwargs: Mapping[str, Any] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    eta: float = 0.0,
+def ddim_loop(
+    denoise: Denoiser, x: torch.Tensor, noise: NoiseSource, *, eta: float = 0.0
 ) -> Iterator[SamplerStep]:
     """(P15) DDIM(η), Song et al. 2021, eq. 12, for t = T−1 … 0:
 
     x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z, with
     σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}) and ε̂ recomputed from the
     (clipped) x̂0. η = 0 is deterministic; η = 1 has the variance β̃ of fixed-small
-    ancestral sampling. Arguments as in `ancestral_steps`.
+    ancestral sampling.
     """
     if not 0.0 <= eta <= 1.0:
         # σ_t² would exceed 1 − ᾱ_{t−1} for η > 1, leaving no room for the ε̂ direction.
         raise ValueError(f"eta must be in [0, 1], got {eta}; 0 is deterministic, 1 is DDPM-like")
-    x = initial_noise(shape, noise, generator, device, dtype)
-    tables = diffusion.tables_on(x.device)
-    for t in reversed(range(diffusion.num_timesteps)):
-        out = model_step(model_fn, diffusion, x, t, clip_denoised, model_kwargs)
+    tables = denoise.diffusion.tables_on(x.device)
+    for t in reversed(range(denoise.diffusion.num_timesteps)):
+        out = denoise(x, t)
         tt = _timesteps(t, x)
         abar = broadcast_at(tables["alphas_cumprod"], tt, x)
         abar_prev = broadcast_at(tables["alphas_cumprod_prev"], tt, x)
@@ -201,8 +273,15 @@ def ddim_steps(
         x = abar_prev.sqrt() * out.pred_x0 + (1 - abar_prev - sigma**2).sqrt() * out.eps
         # 3. fresh noise, only when it is used (so η = 0 consumes no random numbers)
         if eta > 0 and t > 0:
-            x = x + sigma * _randn(x.shape, generator, x.device, x.dtype)
+            x = x + sigma * noise(x)
         yield SamplerStep(t, x, out.pred_x0)
+
+
+def ddim_steps(
+    model_fn: ModelFn, diffusion: GaussianDiffusion, **kwargs: Any
+) -> Iterator[SamplerStep]:
+    """`ddim_loop` from the shared keywords of `start` and `eta` (see `drive`)."""
+    return drive(ddim_loop, model_fn, diffusion, **kwargs)
 
 
 def ddim_reverse_steps(
@@ -287,13 +366,20 @@ def ddim_reverse(
 
 
 __all__ = [
+    "Denoiser",
+    "NoiseSource",
+    "SamplerLoop",
     "SamplerStep",
     "ancestral",
+    "ancestral_loop",
     "ancestral_steps",
     "ddim",
+    "ddim_loop",
     "ddim_reverse",
     "ddim_reverse_steps",
     "ddim_steps",
+    "drive",
     "per_sample_generators",
     "run_to_end",
+    "start",
 ]

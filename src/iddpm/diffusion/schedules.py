@@ -1,4 +1,4 @@
-"""Noise schedules: β sequences in float64 (PAPER.md P4, P5).
+"""Noise schedules: β sequences in float64 (docs/paper.md P4, P5).
 
 Code step t ∈ {0, …, T−1} stands for the paper's step t+1, so `betas[t]` is β_{t+1}.
 """

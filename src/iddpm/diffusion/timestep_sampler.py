@@ -1,4 +1,4 @@
-"""Timestep samplers for training: uniform, and importance sampling of L_vlb (PAPER.md P13).
+"""Timestep samplers for training: uniform, and importance sampling of L_vlb (docs/paper.md P13).
 
 Both split `weights()` (unnormalised, float64 [T]) from `sample()`, which returns step
 indices t and the unbiasing weights 1/(T·p_t): the training loop multiplies each

@@ -1,6 +1,6 @@
 """Dataset bits/dim: the exact variational bound (or its unbiased Monte-Carlo estimate).
 
-Every term of PAPER.md P10 is included: the decoder L_0, the KL terms L_1…L_{T−1} and the
+Every term of docs/paper.md P10 is included: the decoder L_0, the KL terms L_1…L_{T−1} and the
 prior L_T. Images are split across ranks in contiguous blocks and the per-image results are
 gathered, so the mean and its standard error are over the whole data set. Image i's noise
 (and Monte-Carlo steps) come from its own generator, seeded from (cfg.seed, i) with i its

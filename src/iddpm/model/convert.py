@@ -312,7 +312,9 @@ def load_reference_checkpoint(
     pass. Returns (config, model in eval mode).
     """
     sd = path_or_state_dict
-    if not isinstance(sd, Mapping):
+    if isinstance(sd, Mapping):
+        _check_state_dict(sd, "the given state dict")
+    else:
         sd = _read_reference_file(sd)
     cfg = cfg or infer_reference_config(sd, image_size, num_heads=num_heads, dropout=dropout)
     model = UNet(cfg)
@@ -323,14 +325,40 @@ def load_reference_checkpoint(
 def _read_reference_file(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """The state dict in a reference .pt file, read safely (see `load_tensors`)."""
     sd = load_tensors(path, "reference checkpoint", _REFERENCE_FIX)
-    if isinstance(sd, Mapping) and "format_version" in sd and "model" in sd:
-        raise ValueError(
-            f"{os.fspath(path)} is already an iddpm checkpoint, not a reference one; use it "
-            "directly (iddpm sample / iddpm nll / iddpm train --resume)"
-        )
     if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
         raise ValueError(
             f"reference checkpoint {os.fspath(path)} does not hold a state dict "
             f"(it holds a {type(sd).__name__}); {_REFERENCE_FIX}"
         )
+    _check_state_dict(sd, os.fspath(path))
     return sd
+
+
+# The entries of an iddpm checkpoint besides its weights (checkpoint.py's layout).
+_IDDPM_ENTRIES = ("format_version", "config", "ema", "optimizer", "step")
+
+
+def _check_state_dict(sd: Mapping[str, Any], where: str) -> None:
+    """A reference state dict maps parameter names to tensors; an iddpm checkpoint (weights
+    under "model" beside its config, EMA, ...) needs no conversion, and anything else with
+    non-tensor entries is not a model: one line each, instead of an error on `.shape`."""
+    others = [k for k, v in sd.items() if not hasattr(v, "shape")]  # tensors or arrays
+    if not others:
+        return
+    if isinstance(sd.get("model"), Mapping) and any(k in sd for k in _IDDPM_ENTRIES):
+        found = ", ".join(k for k in _IDDPM_ENTRIES if k in sd)
+        use = (
+            "use it directly (iddpm sample / iddpm nll / iddpm train --resume or --init-from)"
+            if "format_version" in sd
+            else "but without its format_version it is damaged: use a checkpoint that "
+            "iddpm train or iddpm convert wrote"
+        )
+        raise ValueError(
+            f"{where} is an iddpm checkpoint (model weights with {found}), not a reference "
+            f"state dict: it needs no conversion; {use}"
+        )
+    shown = ", ".join(repr(k) for k in others[:3]) + (", ..." if len(others) > 3 else "")
+    raise ValueError(
+        f"{where} is not a reference state dict: {shown} "
+        f"hold{'s' if len(others) == 1 else ''} no tensor; {_REFERENCE_FIX}"
+    )

@@ -1,4 +1,4 @@
-"""UNet building blocks (PAPER.md, "The network").
+"""UNet building blocks (docs/paper.md, "The network").
 
 Every block takes and returns [N, C, H, W] tensors in either memory format
 (contiguous or channels_last) and keeps the format it was given, so a model converted

@@ -1,4 +1,4 @@
-"""The paper's UNet (PAPER.md, "The network"), built from a `UNetConfig`.
+"""The paper's UNet (docs/paper.md, "The network"), built from a `UNetConfig`.
 
 Layout, for L = len(channel_mult) resolution levels and R = num_res_blocks:
 

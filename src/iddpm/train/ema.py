@@ -1,7 +1,7 @@
 """Exponential moving averages of a model's parameters at one or more rates.
 
 After every optimizer step, for each rate r: shadow ← r·shadow + (1 − r)·θ. The paper
-evaluates the 0.9999 average (PAPER.md, "The network"). Shadows are float32 copies
+evaluates the 0.9999 average (docs/paper.md, "The network"). Shadows are float32 copies
 whatever the model's dtype, initialised to the parameters at construction, as in the
 reference implementation. Only parameters are averaged; buffers are taken from the live
 model when weights are exported.

@@ -7,6 +7,7 @@ GPU synchronisation; `summary()` reads them once per logging interval.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -18,11 +19,19 @@ import torch
 from iddpm._io import read_jsonl
 
 NUM_QUARTILES = 4
+PT_BUCKETS = 50  # the importance sampler's p_t is logged summed over this many buckets of t
 
 
 def timestep_quartile(t: torch.Tensor, num_timesteps: int) -> torch.Tensor:
     """Quartile index floor(4·t/T) ∈ {0, 1, 2, 3} of each code step t: [N] int64 -> [N]."""
     return torch.div(t.to(torch.int64) * NUM_QUARTILES, num_timesteps, rounding_mode="floor")
+
+
+def bucketed(p: torch.Tensor, buckets: int = PT_BUCKETS) -> list[float]:
+    """p [T] summed over `buckets` equal buckets of t (T buckets when T is smaller)."""
+    p = p.detach().to(torch.float64).cpu()
+    edges = torch.linspace(0, p.numel(), min(buckets, p.numel()) + 1).round().long()
+    return [float(p[a:b].sum()) for a, b in itertools.pairwise(edges)]
 
 
 class RunningMeans:

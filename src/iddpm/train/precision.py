@@ -11,7 +11,7 @@ On a 2-core Sapphire Rapids (AMX) bf16 autocast made the CIFAR-10 UNet's trainin
 fp16 (autocast + dynamic loss scaling, CUDA only) is never chosen automatically.
 
 Under bf16/fp16 only the network runs in autocast: its output is cast back to float32, so
-the diffusion math, the losses and bits/dim stay float32 (DESIGN.md: tables in float64).
+the diffusion math, the losses and bits/dim stay float32 (docs/design.md: tables in float64).
 
 Non-finite values (`nonfinite_action`): under fp16 an overflow is expected now and then
 and means the loss scale is too high, so the step is skipped and the scale lowered (as

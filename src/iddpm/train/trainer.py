@@ -49,7 +49,7 @@ from iddpm.diffusion.losses import training_losses
 from iddpm.diffusion.respace import ModelAdapter, timestep_scale
 from iddpm.train.ema import EMA
 from iddpm.train.interrupt import StopFlag
-from iddpm.train.metrics import JsonlSink, RunningMeans
+from iddpm.train.metrics import JsonlSink, RunningMeans, bucketed
 from iddpm.train.precision import Precision
 from iddpm.train.rules import (
     derive_seed,
@@ -72,7 +72,11 @@ class Trainer:
     run_dir: where config.json, checkpoints and metrics.jsonl go (None: nothing written);
     hooks: callables hook(trainer), run on every rank every cfg.train.sample_every steps;
     on_step: on_step(trainer, record) after every step on rank 0, with the latest logged
-    metrics (progress display; the trainer itself prints nothing).
+    metrics (progress display; the trainer itself prints nothing);
+    evaluator: a train.evaluate.PeriodicEvaluator (or anything with due(step),
+    evaluate(trainer) -> record, state_dict()): run after the hooks and before the step's
+    checkpoint, its records go to metrics.jsonl and its state into every checkpoint;
+    loggers: objects with write(record) (e.g. TensorBoard) that see every metrics record.
     Nothing is written until `run()` starts, so a failed `resume()` leaves the run as it was;
     config.json is written after the first checkpoint of each `run()`, so a save that fails
     (a full disk) leaves it as it was too.
@@ -90,6 +94,8 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         device: torch.device | str | None = None,
         on_step: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        evaluator: Any = None,
+        loggers: Sequence[Any] = (),
     ) -> None:
         tc = cfg.train
         if diffusion.num_timesteps != cfg.diffusion.num_timesteps:
@@ -100,6 +106,7 @@ class Trainer:
         self.cfg, self.diffusion, self.batches = cfg, diffusion, batches
         self.timestep_sampler, self.hooks = timestep_sampler, tuple(hooks)
         self.on_step = on_step
+        self.evaluator, self.loggers = evaluator, tuple(loggers)
         self.device = torch.device(device) if device is not None else distributed.device()
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.local_batch, self.microbatch = split_batch(
@@ -295,6 +302,7 @@ class Trainer:
                 if self.on_step is not None and distributed.is_main():
                     self.on_step(self, record)
                 self._after_step_events()
+                self._evaluate_if_due()
                 if self.step_count % self.cfg.train.checkpoint_every == 0:
                     last_save = self.step_count, self.save_checkpoint()
                 elapsed = time.perf_counter() - start_time
@@ -330,9 +338,28 @@ class Trainer:
         record["lr"] = self.optimizer.param_groups[0]["lr"]
         steps = self.step_count - first
         record["images_per_s"] = steps * self.cfg.train.batch_size / max(now - since, 1e-9)
-        if self.run_dir is not None and distributed.is_main():
-            JsonlSink(self.run_dir.metrics_path).write(record)
+        if hasattr(self.timestep_sampler, "warmed_up"):  # importance sampling: p_t over training
+            record["p_t"] = bucketed(self.timestep_sampler.probabilities())
+        self._write(record)
         return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """metrics.jsonl (always) and every logger, on rank 0."""
+        if distributed.is_main():
+            if self.run_dir is not None:
+                JsonlSink(self.run_dir.metrics_path).write(record)
+            for logger in self.loggers:
+                logger.write(record)
+
+    def _evaluate_if_due(self) -> None:
+        """The evaluator's record of this step (every rank takes part); a new best held-out
+        bound with keep_best writes checkpoints/best.pt."""
+        if self.evaluator is None or not self.evaluator.due(self.step_count):
+            return
+        record = {"step": self.step_count, **self.evaluator.evaluate(self)}
+        self._write(record)
+        if record.get("eval_best") and self.cfg.train.keep_best:
+            self.save_checkpoint(name=checkpoint.BEST)
 
     def _after_step_events(self) -> None:
         every = self.cfg.train.sample_every
@@ -340,14 +367,15 @@ class Trainer:
             for hook in self.hooks:
                 hook(self)
 
-    def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes the checkpoint of the current step; every rank waits for it."""
+    def save_checkpoint(self, name: str | None = None) -> Path | None:
+        """Rank 0 writes the checkpoint of the current step (or, with `name`, a checkpoint
+        of that name beside the numbered ones); every rank waits for it."""
         path = None
         if self.run_dir is not None and distributed.is_main():
             keep = self.cfg.train.keep_checkpoints
             with self._stop.saving():  # SIGINT/SIGTERM now wait for the save to finish
                 path = checkpoint.save_checkpoint(
-                    self.run_dir, self.state_dict(), self.cfg, self.step_count, keep
+                    self.run_dir, self.state_dict(), self.cfg, self.step_count, keep, name=name
                 )
                 if not self._config_saved:  # after it, so a failed save changes nothing
                     self.run_dir.create(self.cfg)
@@ -373,6 +401,7 @@ class Trainer:
             "sampler": self.timestep_sampler.state_dict(),
             "data": data,
             "rng": {"torch_cpu": torch.get_rng_state()},
+            "evaluation": self.evaluator.state_dict() if self.evaluator is not None else {},
             "step": self.step_count,
         }
 
@@ -385,6 +414,8 @@ class Trainer:
         if state.get("data") and hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch_cpu"])
+        if self.evaluator is not None and state.get("evaluation"):
+            self.evaluator.load_state_dict(state["evaluation"])
         self.step_count = int(state["step"])
 
     def inference_state_dict(self, use_ema: bool = True) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Whole jobs, each written once (DESIGN.md §2, layer 4): train a run, sample to files,
+"""Whole jobs, each written once (docs/design.md §2, layer 4): train a run, sample to files,
 bits/dim of a data set, sample quality against a reference, sweeps over samplers and step
 counts, the demo and its report, converting reference checkpoints.
 

@@ -9,6 +9,7 @@ commands that reproduce them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,16 +26,20 @@ from iddpm.diffusion import registry
 from iddpm.presets import get_preset
 from iddpm.workflows.context import JobContext, StatsConfig
 from iddpm.workflows.demo_report import write_demo_report
+from iddpm.workflows.monitor import drop_unsupported_defaults
 from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.run_report import ReportJob, run_report
 from iddpm.workflows.runs import check_new_run
 from iddpm.workflows.sweep import SweepJob, sweep
 from iddpm.workflows.train import TrainJob, train
 
 RESULT_FILE = "demo_result.json"
-LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic")
+AUDIT_IMAGES = 200  # training images of the report's learned-Σ audit (its network calls)
+LEADERBOARD_SAMPLERS = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic", "unipc",
+                        "ipndm", "heun")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,17 @@ class DemoJob:
 
 
 def demo_config(job: DemoJob) -> ExperimentConfig:
-    """The digits preset with the demo's step cap, seed and logging."""
+    """The digits preset with the demo's step cap, seed and logging; its periodic
+    evaluation and a grid every 1,000 steps feed the training report (what a smaller
+    --diffusion-steps cannot have is dropped, as for `iddpm train`)."""
     base = get_preset("digits")
-    train_cfg = base.train.replace(steps=job.max_steps, seed=job.seed, sample_every=0, log_every=20)
+    train_cfg = base.train.replace(
+        steps=job.max_steps, seed=job.seed, sample_every=1000, log_every=20
+    )
     diffusion = base.diffusion.replace(
         num_timesteps=job.diffusion_steps or base.diffusion.num_timesteps
     )
-    return base.replace(train=train_cfg, diffusion=diffusion)
+    return drop_unsupported_defaults(base.replace(train=train_cfg, diffusion=diffusion), set())
 
 
 def check_demo(job: DemoJob, cfg: ExperimentConfig) -> None:
@@ -153,9 +162,16 @@ def run_demo(
         headline[f"sample_seconds_{key}"] = round(s["sample_seconds"], 1)
     board = _leaderboard(job, device, progress)
     headline["leaderboard_fid"] = {
-        f"{r['sampler']}_{r['steps']}": r["fid"] for r in board.get("rows", [])
+        f"{r['sampler']}_{r.get('nfe', r['steps'])}": r["fid"] for r in board.get("rows", [])
     }
-    headline["report"] = str(write_demo_report(job, cfg, trained, sets, nll, headline, board))
+    stats = dataclasses.replace(job.stats, num_images=min(job.stats.num_images, AUDIT_IMAGES))
+    training = None  # a run shorter than one logging interval has no curves to report
+    if run_dir(job.run_dir).metrics_path.is_file():
+        training = run_report(ReportJob(job.run_dir, stats=stats), device, progress)
+    headline["training_report"] = training["report"] if training else None
+    headline["report"] = str(
+        write_demo_report(job, cfg, trained, sets, nll, headline, board, training)
+    )
     headline["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(job.run_dir / RESULT_FILE, headline)
     return headline
@@ -169,6 +185,8 @@ def _leaderboard(job: DemoJob, device: torch.device | str, progress: Progress) -
         job.run_dir,
         samplers=job.leaderboard_samplers,
         steps=tuple(str(k) for k in job.leaderboard_nfe),
+        spacing="best",  # each sampler on its own measured best spacing (registry)
+        nfe=True,  # counts are network calls (Heun: 2K - 1)
         num=job.num_samples,
         seed=job.seed,
         stats=job.stats,

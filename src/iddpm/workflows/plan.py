@@ -119,10 +119,6 @@ class SamplingPlan:
         spec = self.spec.replace(",", "-").replace(":", "")
         return f"{self.request.sampler}{opts}_{spec}"
 
-    def with_request(self, **changes: Any) -> SamplingPlan:
-        """The plan of the same model and context for a changed request."""
-        return SamplingPlan(self.loaded, self.request.replace(**changes), self.ctx, self.transforms)
-
     # ---- the work
     def prepare(self) -> SamplingPlan:
         """Estimate (or read) the sampler's statistics, then compose the model function

@@ -1,7 +1,7 @@
 """Run directories and output paths as jobs see them: find, name, and check before writing.
 
 Every check here runs before a job's first write, so a job that fails on its paths leaves
-the file system as it found it (DESIGN.md §4).
+the file system as it found it (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Bound-optimal step schedules (Watson et al. 2021) for a trained model: the `iddpm steps` job.
+"""Bound-optimal step schedules (Watson et al. 2021) for a trained model: the `iddpm steps` job;
+with `--for SAMPLER`, the schedules of least one-step error for an ODE sampler
+(`diffusion.step_costs`, GITS), cached per (checkpoint, one-step form).
 
 One network call per base step and test image gives the cost of every jump t → s of the
 K-step bound (`diffusion.step_schedule.bound_cost_matrix`); dynamic programming then finds
@@ -19,7 +21,9 @@ from iddpm._io import write_json
 from iddpm._tensor import to_model_range
 from iddpm.build import LoadedModel, kept_steps, load_model, spaced
 from iddpm.diffusion import registry
-from iddpm.diffusion.respace import format_steps
+from iddpm.diffusion.respace import format_steps, karras_steps
+from iddpm.diffusion.samplers import per_sample_generators
+from iddpm.diffusion.step_costs import StepCosts, optimal_path, step_costs
 from iddpm.diffusion.step_schedule import BoundCosts, bound_cost_matrix, optimal_steps, path_cost
 from iddpm.workflows import runtime
 from iddpm.workflows.cache import Damaged, checkpoint_digest
@@ -177,4 +181,123 @@ def optimal_schedules(
     }
     if runtime.is_main():
         write_json(out_dir / f"steps_{job.sigma}.json", result)
+    return result
+
+
+# ---------------------------------------------------------------------- sampler-optimal
+@dataclass(frozen=True)
+class SamplerStepsJob:
+    """The K-step schedules of least one-step error for sampler `sampler` (an ODE solver of
+    the registry) of `checkpoint`, for every network-call budget in `nfe`
+    (`diffusion.step_costs`): costs on `num_images` starting points x_T of `seed` against a
+    fine UniPC trajectory over `candidates` Karras-spaced base steps (σ from 0.03 to the
+    spacings' σ_max), refined `refine` times; cached per (checkpoint, one-step form,
+    candidates, images, seed)."""
+
+    checkpoint: Path
+    sampler: str
+    nfe: tuple[int, ...] = (10,)
+    num_images: int = 128
+    candidates: int = 80
+    refine: int = 2
+    seed: int = 0
+    out_dir: Path | None = None
+
+
+def _sampler_entry(job: SamplerStepsJob, num_t: int) -> registry.SamplerEntry:
+    entry = registry.get(job.sampler)
+    if not entry.ode:
+        odes = ", ".join(n for n in registry.names() if registry.get(n).ode)
+        raise ValueError(
+            f"--for {job.sampler}: the sampler has no probability-flow ODE form to follow; "
+            f"choose one of: {odes}"
+        )
+    bad = [k for k in job.nfe if not entry.calls(1) <= k <= entry.calls(job.candidates)]
+    if not job.nfe or bad:
+        raise ValueError(
+            f"--nfe {bad or 'nothing'}: {job.sampler} needs between {entry.calls(1)} and "
+            f"{entry.calls(job.candidates)} network calls here"
+        )
+    if job.num_images < 8 or not 2 <= job.candidates <= num_t or job.refine < 1:
+        raise ValueError(
+            "--num-images must be >= 8, --candidates in [2, T] and --refine >= 1; "
+            f"got {job.num_images}, {job.candidates}, {job.refine}"
+        )
+    return entry
+
+
+def _one_step_form(entry: registry.SamplerEntry) -> str:
+    """The one-step form of the cost: Heun's trapezoid for a two-call-per-step solver,
+    else the first-order step that GITS uses for every multistep solver."""
+    return "trapezoid" if entry.calls(2) > 2 else "euler"
+
+
+def sampler_costs(job: SamplerStepsJob, loaded: LoadedModel, ctx: JobContext) -> StepCosts:
+    """The one-step cost matrix of the job's sampler (cached in the run)."""
+    entry = _sampler_entry(job, loaded.config.diffusion.num_timesteps)
+    diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, "")
+    candidates = karras_steps(job.candidates, diffusion.alphas_cumprod, sigma_min=0.03)
+    form = _one_step_form(entry)
+    meta = {
+        "checkpoint_sha256": checkpoint_digest(loaded.checkpoint),
+        "ema": loaded.use_ema,
+        "form": form,
+        "candidates": candidates,
+        "num_images": job.num_images,
+        "seed": job.seed,
+        "refine": job.refine,
+    }
+    mcfg = loaded.config.model
+    shape = (mcfg.in_channels, mcfg.image_size, mcfg.image_size)
+
+    def compute() -> dict[str, Any]:
+        gens = per_sample_generators(job.seed, range(job.num_images))
+        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(ctx.device)
+        with ctx.progress(f"one-step costs ({form})", len(candidates), "step") as bar:
+            costs = step_costs(model_fn, diffusion, candidates, x_T, form, job.refine,
+                               progress=running_total(bar))  # fmt: skip
+        return {"steps": torch.tensor(costs.steps), "local": costs.local, "final": costs.final}
+
+    def check(values: Any) -> StepCosts:
+        try:
+            costs = StepCosts(values["steps"].tolist(), values["local"], values["final"])
+            costs.check()
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise Damaged("sampler step costs do not fit together") from None
+        if costs.steps != candidates:
+            raise Damaged("sampler step costs of other candidates")
+        return costs
+
+    return ctx.cache(loaded.checkpoint).tensors("sampler_step_costs", meta, compute, check)
+
+
+def sampler_schedules(
+    job: SamplerStepsJob, device: torch.device | str = "cpu", progress: Progress = silent
+) -> dict[str, Any]:
+    """`iddpm steps RUN --for SAMPLER`: for each budget, the least-error spec (also written
+    as OUT_DIR/steps_for_<sampler>.json)."""
+    loaded = load_model(job.checkpoint, device=device)
+    _sampler_entry(job, loaded.config.diffusion.num_timesteps)
+    out_dir = job.out_dir or run_of(loaded.checkpoint).eval
+    check_writable_dir(out_dir, "--out-dir")
+    start = time.perf_counter()
+    entry = registry.get(job.sampler)
+    costs = sampler_costs(job, loaded, JobContext(device, progress))
+    rows = []
+    for nfe in job.nfe:
+        k = max(k for k in range(1, job.candidates + 1) if entry.calls(k) <= nfe)
+        path, error = optimal_path(costs, k)
+        steps = [costs.steps[i] for i in path]
+        rows.append({"nfe": entry.calls(k), "steps": k, "spec": format_steps(steps),
+                     "one_step_error": error})  # fmt: skip
+    result = {
+        "sampler": job.sampler,
+        "form": _one_step_form(entry),
+        "schedules": rows,
+        "num_images": job.num_images,
+        "seconds": round(time.perf_counter() - start, 3),
+        "checkpoint": str(loaded.checkpoint),
+    }
+    if runtime.is_main():
+        write_json(out_dir / f"steps_for_{job.sampler}.json", result)
     return result

@@ -32,7 +32,7 @@ from iddpm.workflows.runs import check_writable_dir, run_of
 from iddpm.workflows.sample import num_steps
 from iddpm.workflows.steps import StepsJob, schedules
 
-SPACINGS = ("", *respace.SPACINGS)  # "" = even
+SPACINGS = ("", *respace.SPACINGS, "best")  # "" = even; "best": each sampler's own
 OPTIMAL = "bound-optimal"
 
 
@@ -44,7 +44,9 @@ class SweepJob:
     (not significantly worse than the best: paired bootstrap, the rows share their seed) or
     "worse" under fid_vs_best; with `nll_images` > 0 also the K-step bound on that many
     test images where the sampler has one. `spacing` prefixes plain counts ("trailing" turns
-    "10" into "trailing10"); `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
+    "10" into "trailing10"; "best": each sampler's registered `spacing`); with `nfe`, plain
+    counts are network-call budgets (K: the most steps that fit, e.g. 5 for Heun at 10
+    calls); `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
     schedule (`iddpm steps`, costs on `steps_images` training images) as its own rows."""
 
     checkpoint: Path
@@ -52,6 +54,7 @@ class SweepJob:
     steps: tuple[str, ...] = ("25", "50", "100", "250", "full")
     sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     spacing: str = ""
+    nfe: bool = False
     num: int = 256
     seed: int = 0
     batch_size: int = 256
@@ -74,10 +77,20 @@ class Entry:
     schedule: str
 
 
-def _spec(job: SweepJob, text: str, num_timesteps: int) -> str:
+def _spec(job: SweepJob, text: str, num_timesteps: int, name: str = "") -> str:
     if text == "full":
         return str(num_timesteps)
-    return f"{job.spacing}{text}" if text.isdigit() else text
+    if not text.isdigit():
+        return text
+    entry = registry.get(name) if name else None
+    count = entry.steps_for_calls(int(text)) if job.nfe and entry else int(text)
+    spacing = (entry.spacing if entry else "") if job.spacing == "best" else job.spacing
+    return f"{spacing}{count}"
+
+
+def _spacing_name(job: SweepJob, name: str) -> str:
+    spacing = registry.get(name).spacing if job.spacing == "best" else job.spacing
+    return spacing or "even"
 
 
 def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
@@ -93,10 +106,11 @@ def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
     entries = []
     for name in job.samplers:
         options = job.sampler_options.get(name, {})
-        for spec in specs:
+        for text in job.steps:
+            spec = _spec(job, text, T, name)
             request = base.replace(steps=spec, sampler=name, sampler_options=options)
             plan = SamplingPlan(loaded, request, ctx)
-            entries.append(Entry(plan, plan.label, job.spacing or "even"))
+            entries.append(Entry(plan, plan.label, _spacing_name(job, name)))
     if job.optimal_steps:
         counts = tuple(sorted({num_steps(loaded, s) for s in specs}))
         steps_job = StepsJob(job.checkpoint, nfe=counts, num_images=job.steps_images,
@@ -140,6 +154,7 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
         "sampler": entry.label,
         "schedule": entry.schedule,
         "steps": k,
+        "nfe": plan.calls,
         "spec": plan.request.steps,
     }
     row.update(scores)

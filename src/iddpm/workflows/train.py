@@ -1,7 +1,7 @@
-"""The training job: data → trainer → checkpoints (DESIGN.md §2: data yields batches, train
+"""The training job: data → trainer → checkpoints (docs/design.md §2: data yields batches, train
 consumes them; this is the one module that wires the two together).
 
-Order of work, so that a failure writes nothing (DESIGN.md §4): the run directory's state
+Order of work, so that a failure writes nothing (docs/design.md §4): the run directory's state
 and permissions, the data, the model and trainer, the checkpoint to resume from are all
 checked first; only then does the run write: the metrics log cut back to the checkpoint's
 step (a fresh start drops the lines of a run killed before its first save), checkpoints
@@ -46,8 +46,9 @@ from iddpm.train.rules import split_batch
 from iddpm.train.trainer import Trainer
 from iddpm.workflows.context import JobContext
 from iddpm.workflows.data import data_for_model
+from iddpm.workflows.monitor import build_evaluator, check_monitoring, make_loggers
 from iddpm.workflows.plan import SamplingPlan
-from iddpm.workflows.plots import save_image_grid
+from iddpm.workflows.plots import image_grid, save_image_grid
 from iddpm.workflows.progress import Progress, silent
 from iddpm.workflows.runs import (
     check_new_run,
@@ -93,23 +94,20 @@ def read_config_file(path: Path, what: str) -> ExperimentConfig:
         ) from None
 
 
-def base_config(
-    preset: str | None, config_file: Path | None, run_dir: Path, resume: bool
-) -> ExperimentConfig:
-    """What command-line flags override: the run's own config on --resume, else --config,
-    else the preset (default DEFAULT_PRESET). A resumed run continues its own config, so
-    --preset and --config are refused with it rather than ignored."""
-    if resume:
-        given = [f for f, v in (("--preset", preset), ("--config", config_file)) if v is not None]
-        if given:
-            raise ValueError(
-                f"--resume continues the run's own config; drop {' and '.join(given)} "
-                "(flags such as --steps may still change it)"
-            )
-        return run_config(run_dir)
+def start_config(preset: str | None, config_file: Path | None) -> ExperimentConfig:
+    """The config a new run starts from: --config, else the preset (default DEFAULT_PRESET)."""
     if config_file is not None:
         return read_config_file(config_file, "--config")
     return get_preset(preset or DEFAULT_PRESET)
+
+
+def base_config(
+    preset: str | None, config_file: Path | None, run_dir: Path, resume: bool
+) -> ExperimentConfig:
+    """What command-line flags override: the run's own config on --resume, else
+    `start_config`. (On --resume a --preset/--config is only checked against the run's
+    config, by the command: `iddpm train`'s `check_agrees`.)"""
+    return run_config(run_dir) if resume else start_config(preset, config_file)
 
 
 def run_config(run: Path) -> ExperimentConfig:
@@ -152,6 +150,8 @@ def grid_hook(cfg: ExperimentConfig, run: Path, device: torch.device, num: int =
         if distributed.is_main():
             path = run_dir(run).samples / f"grid_{trainer.step_count:08d}.png"
             save_image_grid(path, samples.images)
+            for logger in trainer.loggers:
+                logger.image("samples", image_grid(samples.images), trainer.step_count)
 
     return hook
 
@@ -187,6 +187,7 @@ def build_trainer(
         run_dir=run,
         hooks=[grid_hook(cfg, run, device)],
         device=device,
+        evaluator=build_evaluator(cfg, run, device),
         **kwargs,
     )
     return trainer, len(ds)
@@ -201,6 +202,7 @@ def _check_job(job: TrainJob) -> None:
             raise ValueError("--steps 0 trains nothing; give the number of steps to train")
         check_new_run(run)
     check_run_writable(run)
+    check_monitoring(job.config)
 
 
 def _cut_metrics(run: Path, step: int) -> None:
@@ -248,6 +250,7 @@ def train(
         use_inductor_cache(run_dir(run).cache("inductor"))
     if distributed.is_main():  # a fresh start drops the metrics of a run that never saved
         _cut_metrics(run, trainer.step_count)
+        trainer.loggers = tuple(make_loggers(cfg, run, trainer.step_count if job.resume else None))
     bar_total = max_seconds if max_seconds else cfg.train.steps
     unit = "s" if max_seconds else "step"
     with progress("train", bar_total, unit) as bar:
@@ -262,6 +265,9 @@ def train(
             if distributed.is_main():
                 _cut_metrics(run, _last_saved_step(run))
             raise
+        finally:
+            for logger in trainer.loggers:
+                logger.close()
     summary = {**summary, "run_dir": str(run), "num_train_images": num_images}
     if distributed.is_main():
         write_json(run / RESULT_FILE, summary)
