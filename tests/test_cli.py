@@ -235,7 +235,7 @@ def test_sweep_over_sampling_steps(random_run, tmp_path) -> None:
     assert all(r["fid"] > 0 and r["bpd"] > 0 for r in rows)
     assert (tmp_path / "fid_vs_steps.png").stat().st_size > 0
     assert (tmp_path / "bpd_vs_steps.png").stat().st_size > 0
-    assert (tmp_path / "sweep.csv").read_text().startswith("sampler,schedule,steps,spec,")
+    assert (tmp_path / "sweep.csv").read_text().startswith("sampler,schedule,steps,nfe,spec,")
 
 
 def test_inception_features_missing_say_what_to_install(tmp_path) -> None:
