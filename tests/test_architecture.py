@@ -15,6 +15,7 @@ DIFFUSION_ORDER = ["schedules", "gaussian", "likelihood", "likelihood_mc", "loss
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "_io": set(),
+    "shards": {"_io"},
     "presets": {"config"},
     "_tensor": set(),
     "diffusion.schedules": {"_tensor"},
@@ -141,6 +142,19 @@ ALLOWED: dict[str, set[str]] = {
     "eval.fid": {"distributed", "generate"},
     "eval.features": {"distributed"},
     "eval.precision_recall": set(),
+    "eval.bootstrap": set(),
+    "eval.moments": {"eval.fid"},
+    "eval.inception_score": set(),
+    "eval.kid": set(),
+    "eval.scorer": {
+        "eval.bootstrap",
+        "eval.fid",
+        "eval.inception_score",
+        "eval.kid",
+        "eval.moments",
+        "eval.precision_recall",
+        "distributed",
+    },
     # layer 4: whole jobs may use every layer below (never the command line)
     "workflows": {"*"},
     # layer 5: the command line maps argv to configs and calls one workflow

@@ -293,6 +293,147 @@ def _(tmp, t):
     return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
 
 
+case("fid: --save-ref is the samples file", "--save-ref")(
+    lambda tmp, t: [
+        "fid",
+        shutil.copy(t.samples, tmp),
+        "--ref",
+        "digits",
+        "--save-ref",
+        tmp / "s.npz",
+    ]
+)
+
+
+@case("fid: --ref sums of the wrong shape", "outer_sum")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", feature_sum=np.zeros(64), outer_sum=np.eye(63), count=9)
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: --ref mu/sigma of the wrong shape", "sigma")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", mu=np.zeros(64), sigma=np.eye(63))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: --ref statistics holding NaN", "NaN")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", mu=np.full(64, np.nan), sigma=np.eye(64))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+@case("fid: empty image folder", "no images")
+def _(tmp, t):
+    (tmp / "imgs").mkdir()
+    return ["fid", tmp / "imgs", "--ref", "digits"]
+
+
+@case("fid: image folder of mixed sizes", "different sizes")
+def _(tmp, t):
+    (tmp / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp / "imgs" / "a.png")
+    Image.new("L", (12, 10)).save(tmp / "imgs" / "b.png")
+    return ["fid", tmp / "imgs", "--ref", "digits"]
+
+
+@case("fid: --ref batch with neither images nor statistics", "neither images")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", labels=np.zeros(3))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
+case("fid: --bootstrap 0", "--bootstrap")(
+    lambda tmp, t: ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--bootstrap", "0"]
+)
+case("fid: negative --bootstrap", "--bootstrap")(
+    lambda tmp, t: ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--bootstrap", "-2"]
+)
+
+
+@case("fid: --job-dir of another request", "shard_size")
+def _(tmp, t):
+    job = {"format": "iddpm-job", "format_version": 1, "kind": "fid-features", "total": 4,
+           "shard_size": 3, "fields": {}}  # fmt: skip
+    (tmp / "job" / "samples").mkdir(parents=True)
+    (tmp / "job" / "samples" / "manifest.json").write_text(json.dumps(job))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "digits", "--job-dir", "job"]
+
+
+@case("fid: incomplete sample job folder", "incomplete")
+def _(tmp, t):
+    job = {"format": "iddpm-job", "format_version": 1, "kind": "sample", "total": 4,
+           "shard_size": 2, "fields": {"seed": 0}}  # fmt: skip
+    (tmp / "job").mkdir()
+    (tmp / "job" / "manifest.json").write_text(json.dumps(job))
+    return ["fid", "job", "--ref", "digits"]
+
+
+@case("compare: sets of different sizes", "one size")
+def _(tmp, t):
+    np.savez(tmp / "a.npz", arr_0=np.zeros((6, 8, 8, 1), np.uint8))
+    np.savez(tmp / "b.npz", arr_0=np.zeros((5, 8, 8, 1), np.uint8))
+    return ["compare", "a.npz", "b.npz", "--ref", "digits"]
+
+
+@case("compare: sets of different seeds", "--seed")
+def _(tmp, t):
+    for name, seed in (("a", 0), ("b", 1)):
+        np.savez(tmp / f"{name}.npz", arr_0=np.zeros((6, 8, 8, 1), np.uint8))
+        (tmp / f"{name}.json").write_text(json.dumps({"seed": seed}))
+    return ["compare", "a.npz", "b.npz", "--ref", "digits"]
+
+
+case("compare: --bootstrap 0", "--bootstrap")(
+    lambda tmp, t: ["compare", shutil.copy(t.samples, tmp), "s.npz", "--bootstrap", "0"]
+)
+
+
+@case("export: output folder not empty", "not empty")
+def _(tmp, t):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("mine")
+    return ["export", shutil.copy(t.samples, tmp), "out"]
+
+
+def foreign_job(tmp: Path, kind: str, total: int, shard_size: int) -> Path:
+    """A job folder whose manifest records another request (seed 99)."""
+    manifest = {"format": "iddpm-job", "format_version": 1, "kind": kind, "total": total,
+                "shard_size": shard_size, "fields": {"seed": 99}}  # fmt: skip
+    (tmp / "job").mkdir()
+    (tmp / "job" / "manifest.json").write_text(json.dumps(manifest))
+    return tmp / "job"
+
+
+case("sample: --job-dir of another request", "started with")(
+    lambda tmp, t: [
+        "sample",
+        run_copy(tmp, t),
+        *SAMPLE,
+        "--shard-size",
+        "1000",
+        "--job-dir",
+        foreign_job(tmp, "sample", 2, 1000),
+    ]
+)
+case("nll: --job-dir of another request", "started with")(
+    lambda tmp, t: [
+        "nll",
+        run_copy(tmp, t),
+        "--num-images",
+        "2",
+        "--job-dir",
+        foreign_job(tmp, "nll", 2, 1000),
+    ]
+)
+
+
+@case("fid: --ref images the extractor cannot read", "8, 8, 1")
+def _(tmp, t):
+    np.savez(tmp / "ref.npz", arr_0=np.zeros((5, 16, 16, 3), np.uint8))
+    return ["fid", shutil.copy(t.samples, tmp), "--ref", "ref.npz"]
+
+
 case("demo: --nll-images -1", "--nll-images")(lambda tmp, t: [*DEMO, "--nll-images", "-1"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -295,3 +296,50 @@ def test_real_inception_features_when_available(digits) -> None:
     assert f.shape == (64, 2048) and np.isfinite(f).all()
     stats = image_features(ex, images, batch_size=32)[1]
     assert abs(fid_from_stats(stats, stats)) < 1e-6
+
+
+def test_read_only_images_give_the_same_features_without_a_warning(digits, extractor) -> None:
+    """A memory-mapped prepared data set is read-only; torch warns when wrapping such an
+    array, so the extractor copies it first (the fid bad-input campaign's stray warning)."""
+    images = np.array(digits[0].images[:16])
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = extractor(frozen)
+    np.testing.assert_array_equal(got, extractor(images))
+
+
+class _StubInceptionFull(nn.Module):
+    """torch-fidelity's network as `extract` uses it: a Mixed_6e block whose output the
+    adapter hooks, and (pool, logits) outputs for features ["2048", "logits_unbiased"]."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__()
+        assert features_list == ["2048", "logits_unbiased"]
+        self.Mixed_6e = nn.Identity()
+
+    def forward(self, x: torch.Tensor):
+        mean = x.float().mean(dim=(1, 2, 3))[:, None, None, None]
+        maps = self.Mixed_6e(mean.expand(-1, 768, 17, 17))
+        pool = maps.mean(dim=(2, 3))[:, :1].expand(-1, 2048)
+        return pool, pool[:, :1].expand(-1, 1008)
+
+
+def test_inception_extract_hooks_spatial_maps_and_returns_logits(monkeypatch, tmp_path) -> None:
+    module = type(sys)("torch_fidelity")
+    module.FeatureExtractorInceptionV3 = lambda name, fl, **kw: (
+        _StubInception(name, ["2048"], **kw)
+        if fl == ["2048"]
+        else _StubInceptionFull(name, fl, **kw)
+    )
+    monkeypatch.setitem(sys.modules, "torch_fidelity", module)
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    ex = InceptionFeatureExtractor(weights_path=path, device="cpu", batch_size=2)
+    images = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
+    got = ex.extract(images)
+    assert got.pool.shape == (3, 2048) and got.logits.shape == (3, 1008)
+    assert got.spatial.shape == (3, ex.spatial_dim) == (3, 7 * 17 * 17)
+    np.testing.assert_allclose(got.spatial[:, 0], images.reshape(3, -1).mean(1))
+    assert not ex._full.Mixed_6e._forward_hooks  # the hook is removed after the pass

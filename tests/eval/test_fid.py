@@ -260,6 +260,32 @@ def test_load_errors_name_the_problem(tmp_path) -> None:
         FeatureStats.from_moments(np.zeros(3), np.eye(4))
 
 
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"feature_sum": np.zeros(4), "outer_sum": np.eye(3), "count": 5}, "outer_sum"),
+        ({"feature_sum": np.zeros((4, 2)), "outer_sum": np.eye(4), "count": 5}, "feature_sum"),
+        ({"feature_sum": np.zeros(4), "outer_sum": np.eye(4), "count": 2.5}, "count"),
+        ({"mu": np.zeros(4), "sigma": np.eye(3)}, "sigma"),
+        ({"mu": np.full(4, np.nan), "sigma": np.eye(4)}, "NaN"),
+        ({"mu": np.zeros(4), "sigma": np.full((4, 4), np.inf)}, "NaN"),
+        ({"feature_sum": np.full(4, np.nan), "outer_sum": np.eye(4), "count": 5}, "NaN"),
+    ],
+)
+def test_malformed_statistics_files_raise_one_line_value_errors(tmp_path, arrays, message):
+    """The fid bad-input campaign: wrong shapes ended in an AssertionError and NaN moments
+    gave `"fid": null` with exit 0; both are ValueErrors naming the file now."""
+    np.savez(tmp_path / "ref.npz", **arrays)
+    with pytest.raises(ValueError, match=message) as err:
+        FeatureStats.load(tmp_path / "ref.npz")
+    assert "ref.npz" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_non_finite_distance_is_refused() -> None:
+    with pytest.raises(ValueError, match="not finite"):
+        frechet_distance(np.array([np.nan]), np.eye(1), np.zeros(1), np.eye(1))
+
+
 # --- from images ----------------------------------------------------------------------------
 
 

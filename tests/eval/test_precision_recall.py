@@ -123,3 +123,27 @@ def test_bad_input_raises_one_line_errors(real, fake, kwargs: dict, message: str
         precision_recall(real, fake, **kwargs)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_weighted_replicates_reweight_membership_with_fixed_radii() -> None:
+    from iddpm.eval.precision_recall import (
+        _squared_distances,
+        knn_squared_radii,
+        weighted_precision_recall,
+    )
+
+    rng = np.random.default_rng(5)
+    real = torch.as_tensor(rng.standard_normal((60, 3)))
+    fake = torch.as_tensor(rng.standard_normal((50, 3)) + 0.4)
+    w = np.ones((50, 2))
+    w[:25, 1] = 0.0
+    w[25:, 1] = 2.0
+    precision, recall = weighted_precision_recall(real, fake, w, k=3, batch_size=16)
+    pr = precision_recall(real, fake, k=3)
+    assert (precision[0], recall[0]) == (pr.precision, pr.recall)
+    # replicate 1 by hand: fake rows 25.. only, radii of the full sets
+    real_r, fake_r = knn_squared_radii(real, 3, 64), knn_squared_radii(fake, 3, 64)
+    inside_real = (_squared_distances(fake, real) <= real_r[None]).any(1).numpy()
+    assert precision[1] == pytest.approx(inside_real[25:].mean())
+    covered = (_squared_distances(real, fake[25:]) <= fake_r[25:][None]).any(1).numpy()
+    assert recall[1] == pytest.approx(covered.mean())

@@ -68,3 +68,26 @@ def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
             check_writable_dir(ro / "run", "--run-dir")
     finally:
         ro.chmod(0o700)
+
+
+def test_remove_stale_temporaries_of_takes_only_that_files_leftovers(tmp_path) -> None:
+    from iddpm.workflows.runs import remove_stale_temporaries_of
+
+    for name in (".tmp-a.json.123", ".tmp-a.json.x", ".tmp-ab.json.5", "a.json"):
+        (tmp_path / name).write_text("x")
+    remove_stale_temporaries_of(tmp_path / "a.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".tmp-a.json.x",
+        ".tmp-ab.json.5",
+        "a.json",
+    ]
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path) -> None:
+    from iddpm.workflows.runs import check_outputs_spare_inputs
+
+    (tmp_path / "s.npz").write_bytes(b"x")
+    (tmp_path / "link.npz").hardlink_to(tmp_path / "s.npz")
+    with pytest.raises(ValueError, match="--save-ref"):
+        check_outputs_spare_inputs({"--save-ref": tmp_path / "link.npz"}, [tmp_path / "s.npz"])
+    check_outputs_spare_inputs({"--out": tmp_path / "o.json"}, [tmp_path / "s.npz"])

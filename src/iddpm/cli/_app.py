@@ -7,9 +7,11 @@ import click
 from iddpm import __version__
 from iddpm.cli._errors import Group
 from iddpm.cli.classify import classify
+from iddpm.cli.compare import compare
 from iddpm.cli.convert import convert
 from iddpm.cli.demo import demo
 from iddpm.cli.evaluate import fid, nll
+from iddpm.cli.export import export
 from iddpm.cli.prepare import prepare_data
 from iddpm.cli.report import report
 from iddpm.cli.sample import sample
@@ -25,7 +27,20 @@ def cli() -> None:
     """Improved DDPM: train, sample, measure bits/dim and FID."""
 
 
-for command in (demo, train, sample, nll, fid, sweep, steps, prepare_data, convert, report):
+for command in (
+    demo,
+    train,
+    sample,
+    nll,
+    fid,
+    compare,
+    export,
+    sweep,
+    steps,
+    prepare_data,
+    convert,
+    report,
+):
     cli.add_command(command)
 cli.add_command(train_classifier_command)
 cli.add_command(classify)

@@ -17,7 +17,7 @@ from iddpm.cli.options import (
     stats_options,
 )
 from iddpm.config import SampleConfig
-from iddpm.workflows.sample import SampleJob, sample_to_files
+from iddpm.workflows.sample import SHARD_SIZE, SampleJob, sample_to_files
 
 STEPS_HELP = (
     'step spec: "50" (even, the reference\'s), "trailing50" (reaches T-1), "logsnr50" '
@@ -71,6 +71,25 @@ STEPS_HELP = (
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip x0 to [-1, 1]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output .npz")
 @click.option("--grid", type=click.Path(path_type=Path), default=None, help="output PNG grid")
+@click.option(
+    "--png-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write one PNG per sample here (<index>[_label<y>].png; new or empty folder)",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=SHARD_SIZE,
+    show_default=True,
+    help="samples per shard: a killed job rerun with the same command resumes from them",
+)
+@click.option(
+    "--job-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="keep the shards here (default: OUT-stem.job beside --out, removed when done)",
+)
 @compile_option
 @stats_options
 @job_command
@@ -89,6 +108,9 @@ def sample(
     clip: bool,
     out: Path | None,
     grid: Path | None,
+    png_dir: Path | None,
+    shard_size: int,
+    job_dir: Path | None,
     device: Any,
     progress: Any,
     **values: Any,
@@ -96,7 +118,8 @@ def sample(
     """Sample from CHECKPOINT (a run directory or a .pt file).
 
     Writes uint8 NHWC images under `arr_0` (labels under `arr_1` for class-conditional
-    models), a PNG grid and the JSON summary beside them.
+    models), a PNG grid and the JSON summary beside them. The samples are drawn in shards:
+    rerunning a killed command resumes it, with the same bytes as an uninterrupted run.
     """
     cfg = SampleConfig(
         num=num,
@@ -113,5 +136,5 @@ def sample(
         classifier_scale=classifier_scale,
     )
     stats, compile_ = pop_stats_config(values), values.pop("compile_")
-    job = SampleJob(checkpoint, cfg, out, grid, stats, compile_)
+    job = SampleJob(checkpoint, cfg, out, grid, stats, compile_, shard_size, job_dir, png_dir)
     return sample_to_files(job, device, progress)

@@ -17,6 +17,7 @@ This module never imports `iddpm.data`: the training function takes arrays.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,21 @@ INCEPTION_URL = (
     "weights-inception-2015-12-05-6726825d.pth"
 )
 EXTRACTORS = ("digits", "inception")
+SPATIAL_CHANNELS = 8  # digits sFID: 8 of conv3's 64 maps × 4×4 positions = 128 dimensions
+# Inception sFID: the first 7 maps of Mixed_6e (17×17 each, 2023 dimensions), the layer
+# and width of the ADM evaluator's "mixed_6/conv" spatial features.
+INCEPTION_SPATIAL_CHANNELS = 7
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What one pass of an extractor gives for a batch: pool features [N, dim] (FID,
+    precision/recall, KID), spatial features [N, spatial_dim] (sFID) and class logits
+    [N, num_classes] (Inception Score); float64 numpy arrays."""
+
+    pool: np.ndarray
+    spatial: np.ndarray
+    logits: np.ndarray
 
 
 class DigitsClassifier(nn.Module):
@@ -49,9 +65,17 @@ class DigitsClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate pre-activations [N, 64]: unbounded, so their covariance has full rank."""
+        return self.all_features(x)[0]
+
+    def all_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass: penultimate features [N, 64], the spatial features [N, 128] (the first
+        SPATIAL_CHANNELS maps of conv3 before its ReLU, 4×4 each, flattened: where strokes
+        are, as the sFID of Nash et al. 2021 keeps Inception's mixed_6 maps) and logits."""
         h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)  # [N, 32, 4, 4]
-        h = F.max_pool2d(F.relu(self.conv3(h)), 2)  # [N, 64, 2, 2]
-        return self.fc1(h.flatten(1))
+        c3 = self.conv3(h)  # [N, 64, 4, 4]
+        spatial = c3[:, :SPATIAL_CHANNELS].flatten(1)
+        feats = self.fc1(F.max_pool2d(F.relu(c3), 2).flatten(1))  # [N, 64, 2, 2] → [N, 64]
+        return feats, spatial, self.fc2(F.relu(feats))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [N, 10]."""
@@ -68,8 +92,15 @@ def digits_to_input(images: np.ndarray) -> torch.Tensor:
             f"the digits extractor takes uint8 [N, 8, 8, 1] images, got shape {images.shape}; "
             "use the inception extractor for other image sizes"
         )
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return x.to(torch.float32) / 127.5 - 1.0
+    return _tensor_nchw(images).to(torch.float32) / 127.5 - 1.0
+
+
+def _tensor_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC array → NCHW tensor view; a read-only array (a memory-mapped prepared
+    data set) is copied first, as torch refuses to wrap it without a warning."""
+    if not images.flags.writeable:
+        images = np.array(images)
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
 def _shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -174,6 +205,8 @@ class DigitsFeatureExtractor:
 
     name = "digits-fid"
     dim = DigitsClassifier.feature_dim
+    spatial_dim = SPATIAL_CHANNELS * 4 * 4
+    num_classes = DigitsClassifier.num_classes
     comparable_to_inception = False
 
     def __init__(
@@ -200,6 +233,21 @@ class DigitsFeatureExtractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features float64 [N, 64] of uint8 images [N, 8, 8, 1]."""
         return self._run(images, head=False)
+
+    @torch.no_grad()
+    def extract(self, images: np.ndarray) -> Extracted:
+        """Pool, spatial and logit features of uint8 images [N, 8, 8, 1] in one pass."""
+        x = digits_to_input(images)
+        parts = [self.model.all_features(c.to(self.device)) for c in x.split(self.batch_size)]
+        widths = (self.dim, self.spatial_dim, self.num_classes)
+        return Extracted(
+            *(
+                torch.cat([p[k] for p in parts]).double().cpu().numpy()
+                if parts
+                else np.zeros((0, w))
+                for k, w in enumerate(widths)
+            )
+        )
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities float64 [N, 10] of uint8 images [N, 8, 8, 1]."""
@@ -271,6 +319,8 @@ class InceptionFeatureExtractor:
 
     name = "inception-fid"
     dim = 2048
+    spatial_dim = INCEPTION_SPATIAL_CHANNELS * 17 * 17
+    num_classes = 1008  # the TF graph's logits (1,000 classes and 8 unused)
     comparable_to_inception = True
 
     def __init__(
@@ -301,22 +351,56 @@ class InceptionFeatureExtractor:
         )
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.batch_size = batch_size
+        self.weights_path = path
+        self._full = None  # the network with logits too, built on the first extract()
 
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Features float64 [N, 2048] of uint8 images [N, H, W, C], C in (1, 3)."""
+    def _input(self, images: np.ndarray) -> torch.Tensor:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             raise ValueError("Inception features take a uint8 numpy array [N, H, W, C]")
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"expected uint8 [N, H, W, C] with C in (1, 3), got {images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = _tensor_nchw(images)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features float64 [N, 2048] of uint8 images [N, H, W, C], C in (1, 3)."""
         outs = [
             self.model(chunk.contiguous().to(self.device))[0].double().cpu()
-            for chunk in x.split(self.batch_size)
+            for chunk in self._input(images).split(self.batch_size)
         ]
         return torch.cat(outs).numpy() if outs else np.zeros((0, self.dim))
+
+    @torch.no_grad()
+    def extract(self, images: np.ndarray) -> Extracted:
+        """Pool features, the spatial maps of Mixed_6e (caught by a forward hook) and the
+        unbiased logits (torch-fidelity's Inception-Score input) in one pass."""
+        if self._full is None:
+            fidelity = _import_torch_fidelity()
+            self._full = fidelity.FeatureExtractorInceptionV3(
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(self.weights_path),
+            )
+            self._full = self._full.eval().requires_grad_(False).to(self.device)
+        maps: list[torch.Tensor] = []
+        block = getattr(self._full, "Mixed_6e", None)
+        if block is None:
+            raise ValueError("this torch-fidelity has no Mixed_6e block; use --features digits")
+        hook = block.register_forward_hook(lambda m, i, o: maps.append(o))
+        pools, logits, spatial = [], [], []
+        try:
+            for chunk in self._input(images).split(self.batch_size):
+                pool, logit = self._full(chunk.contiguous().to(self.device))
+                pools.append(pool.double().cpu())
+                logits.append(logit.double().cpu())
+                spatial.append(maps.pop()[:, :INCEPTION_SPATIAL_CHANNELS].flatten(1).double().cpu())
+        finally:
+            hook.remove()
+        if not pools:
+            z = np.zeros
+            return Extracted(z((0, self.dim)), z((0, self.spatial_dim)), z((0, self.num_classes)))
+        return Extracted(*(torch.cat(t).numpy() for t in (pools, spatial, logits)))
 
 
 def get_extractor(

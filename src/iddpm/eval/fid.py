@@ -68,8 +68,16 @@ class FeatureStats:
             self.feature_sum = np.zeros(self.dim, dtype=np.float64)
         if self.outer_sum is None:
             self.outer_sum = np.zeros((self.dim, self.dim), dtype=np.float64)
-        assert self.feature_sum.shape == (self.dim,), self.feature_sum.shape
-        assert self.outer_sum.shape == (self.dim, self.dim), self.outer_sum.shape
+        d = self.dim
+        if self.feature_sum.shape != (d,) or self.outer_sum.shape != (d, d):
+            raise ValueError(
+                f"feature_sum must be [D] and outer_sum [D, D], got {self.feature_sum.shape} "
+                f"and {self.outer_sum.shape}; check the statistics file"
+            )
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
+            raise ValueError(f"count must be an integer >= 0, got {self.count!r}")
+        if not (np.isfinite(self.feature_sum).all() and np.isfinite(self.outer_sum).all()):
+            raise ValueError("statistics hold NaN or inf; make them again from images")
 
     @classmethod
     def from_moments(cls, mu: np.ndarray, sigma: np.ndarray, extractor: str = "") -> FeatureStats:
@@ -80,6 +88,10 @@ class FeatureStats:
             raise ValueError(
                 f"mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}; "
                 "check the reference statistics file"
+            )
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise ValueError(
+                "mu/sigma hold NaN or inf; make the reference statistics again from images"
             )
         return cls(dim=mu.shape[0], extractor=extractor, _moments=(mu, sigma))
 
@@ -187,16 +199,27 @@ class FeatureStats:
             keys = set(data.files)
             extractor = str(data["extractor"]) if "extractor" in keys else ""
             if {"feature_sum", "outer_sum", "count"} <= keys:
-                s = data["feature_sum"].astype(np.float64)
-                return cls(
-                    dim=s.shape[0],
-                    extractor=extractor,
-                    feature_sum=s,
-                    outer_sum=data["outer_sum"].astype(np.float64),
-                    count=int(data["count"]),
-                )
+                s, count = data["feature_sum"].astype(np.float64), data["count"]
+                if s.ndim != 1 or count.shape != () or count.dtype.kind not in "iu":
+                    raise ValueError(
+                        f"{path}: feature_sum must be [D] and count one integer, got shapes "
+                        f"{s.shape} and {count.shape}; recompute the statistics"
+                    )
+                try:
+                    return cls(
+                        dim=s.shape[0],
+                        extractor=extractor,
+                        feature_sum=s,
+                        outer_sum=data["outer_sum"].astype(np.float64),
+                        count=int(count),
+                    )
+                except ValueError as e:
+                    raise ValueError(f"{path}: {e}") from None
             if {"mu", "sigma"} <= keys:
-                return cls.from_moments(data["mu"], data["sigma"], extractor)
+                try:
+                    return cls.from_moments(data["mu"], data["sigma"], extractor)
+                except ValueError as e:
+                    raise ValueError(f"{path}: {e}") from None
         raise ValueError(
             f"{path} holds keys {sorted(keys)}; expected mu and sigma "
             "(or feature_sum, outer_sum, count as written by FeatureStats.save)"
@@ -243,7 +266,10 @@ def frechet_distance(
                 "the sigmas are not positive semi-definite covariance matrices"
             )
         tr_covmean = tr_covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    if not np.isfinite(value):
+        raise ValueError("the Fréchet distance is not finite; the statistics hold NaN or inf")
+    return value
 
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:

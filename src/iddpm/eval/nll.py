@@ -62,26 +62,36 @@ class NllResult:
         }
 
 
-def evaluate_nll(
-    loaded: LoadedModel,
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    cfg: EvalConfig,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int], None] | None = None,
-    reverse_variance: torch.Tensor | None = None,
-) -> NllResult:
-    """Bits/dim of uint8 NHWC `images` under the model's bound (strided by `cfg.steps`);
-    `reverse_variance` [K] replaces the model's reverse variance (e.g. Analytic-DPM's)."""
+def bound_process(
+    loaded: LoadedModel, cfg: EvalConfig, reverse_variance: torch.Tensor | None = None
+) -> tuple:
+    """(diffusion, model_fn) of the process whose bound is measured: strided by cfg.steps,
+    with `reverse_variance` [K] replacing the model's reverse variance when given."""
     diffusion, model_fn = spaced(loaded.model, loaded.config.diffusion, cfg.steps)
     if reverse_variance is not None:
         diffusion = diffusion.with_reverse_variance(reverse_variance)
+    return diffusion, model_fn
+
+
+def bound_of_range(
+    loaded: LoadedModel,
+    process: tuple,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    cfg: EvalConfig,
+    indices: range,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The bound of images[indices] (global indices: image i's noise comes from (cfg.seed,
+    i)) in batches of cfg.batch_size from indices.start: per-image "total" and "prior"
+    [n] float64 and, for the exact bound, "terms": the per-term sums over these images [K]."""
+    diffusion, model_fn = process
     if loaded.config.model.num_classes is not None and labels is None:
         raise ValueError("the model is class-conditional but the data has no labels")
-    mine = distributed.rank_block(len(images), distributed.rank(), distributed.world_size())
     totals, priors, terms = [], [], []
-    for lo in range(mine.start, mine.stop, cfg.batch_size):
-        hi = min(lo + cfg.batch_size, mine.stop)
+    for lo in range(indices.start, indices.stop, cfg.batch_size):
+        hi = min(lo + cfg.batch_size, indices.stop)
         x0 = to_model_range(images[lo:hi]).to(device)
         kwargs = {}
         if loaded.config.model.num_classes is not None:
@@ -114,8 +124,40 @@ def evaluate_nll(
         priors.append(res.prior_bpd.double().cpu())
         if progress is not None:
             progress(hi - lo)
-    steps = model_fn.original_steps(torch.arange(diffusion.num_timesteps)).numpy()
-    return _reduce(totals, priors, terms, steps, cfg, images.shape[0])
+    empty = torch.zeros(0, dtype=torch.float64)
+    out = {
+        "total": torch.cat(totals) if totals else empty,
+        "prior": torch.cat(priors) if priors else empty,
+    }
+    if not cfg.mc_timesteps:
+        k = diffusion.num_timesteps
+        out["terms"] = torch.stack(terms).sum(0) if terms else torch.zeros(k, dtype=torch.float64)
+    return out
+
+
+def kept_timesteps(process: tuple) -> np.ndarray:
+    """The original step of each term of the process's bound."""
+    diffusion, model_fn = process
+    return model_fn.original_steps(torch.arange(diffusion.num_timesteps)).numpy()
+
+
+def evaluate_nll(
+    loaded: LoadedModel,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    cfg: EvalConfig,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+    reverse_variance: torch.Tensor | None = None,
+) -> NllResult:
+    """Bits/dim of uint8 NHWC `images` under the model's bound (strided by `cfg.steps`);
+    `reverse_variance` [K] replaces the model's reverse variance (e.g. Analytic-DPM's)."""
+    process = bound_process(loaded, cfg, reverse_variance)
+    mine = distributed.rank_block(len(images), distributed.rank(), distributed.world_size())
+    part = bound_of_range(loaded, process, images, labels, cfg, mine, device, progress)
+    terms = [part["terms"]] if "terms" in part and len(mine) else []
+    return _reduce([part["total"]], [part["prior"]], terms, kept_timesteps(process), cfg,
+                   images.shape[0])  # fmt: skip
 
 
 def _reduce(totals, priors, terms, steps, cfg, n_images) -> NllResult:

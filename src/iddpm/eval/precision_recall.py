@@ -138,4 +138,59 @@ def precision_recall(
     return PrecisionRecall(precision, recall, k, n, m)
 
 
-__all__ = ["PrecisionRecall", "fraction_inside", "knn_squared_radii", "precision_recall"]
+def weighted_precision_recall(
+    real_features: Any,
+    fake_features: Any,
+    weights: np.ndarray,
+    k: int = 3,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall [R] for R weightings [M, R] of the fake rows (bootstrap
+    replicates; column 0 all ones gives `precision_recall`'s values).
+
+    The radii of both manifolds are those of the full sets (held fixed); replicate r's
+    precision is the w_r-weighted share of fake rows inside the real manifold, its recall
+    the share of real rows inside the balls of fake rows with w_r > 0. Membership of the
+    real rows is kept as a bit matrix [N, M] (N·M/8 bytes: 12.5 MB at 10,000 each)."""
+    real = _as_features("real", real_features)
+    fake = _as_features("fake", fake_features).to(real.device)
+    pr = precision_recall(real, fake, k=k, batch_size=batch_size)  # validates, replicate 0
+    real_radii = knn_squared_radii(real, k, batch_size)
+    fake_radii = knn_squared_radii(fake, k, batch_size)
+    fake_inside = np.concatenate(
+        [
+            (_squared_distances(fake[i : i + batch_size], real) <= real_radii[None, :])
+            .any(dim=1)
+            .cpu()
+            .numpy()
+            for i in range(0, fake.shape[0], batch_size)
+        ]
+    )
+    bits = np.concatenate(
+        [
+            np.packbits(
+                (_squared_distances(real[i : i + batch_size], fake) <= fake_radii[None, :])
+                .cpu()
+                .numpy(),
+                axis=1,
+            )
+            for i in range(0, real.shape[0], batch_size)
+        ]
+    )
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = (w * fake_inside[:, None]).sum(axis=0) / w.sum(axis=0)
+    recall = np.array(
+        [(bits & np.packbits(w[:, r] > 0)[None, :]).any(axis=1).mean() for r in range(w.shape[1])]
+    )
+    precision[0], recall[0] = pr.precision, pr.recall
+    return precision, recall
+
+
+__all__ = [
+    "PrecisionRecall",
+    "fraction_inside",
+    "knn_squared_radii",
+    "precision_recall",
+    "weighted_precision_recall",
+]

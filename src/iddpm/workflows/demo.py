@@ -143,6 +143,7 @@ def run_demo(
         plan = SamplingPlan(loaded, request, ctx)
         npz = run_dir(job.run_dir).samples / f"demo_{sampler}_{plan.spec}steps.npz"
         row = sample_and_score(plan, extractor, ref, save_as=npz)
+        row.pop("_replicates", None)
         sets.append({**row, "steps": plan.spec, "sampler": sampler, "label": set_label(plan)})
     ecfg = EvalConfig(
         data="digits",

@@ -134,15 +134,36 @@ def _commands(run: Path, sets: list[dict], seed: int, num: int, terms_csv: Path)
     return commands
 
 
+TIE_MARKS = {"best": "**", "tie": "≈", "worse": ""}
+
+
+def _board_cell(r: dict) -> str:
+    """digits-FID ± half its 95% interval (precision / recall); the best row in bold,
+    rows not significantly worse than it marked ≈."""
+    pr = "" if r.get("precision") is None else f" ({r['precision']:.2f} / {r['recall']:.2f})"
+    half = ""
+    if r.get("fid_low") is not None and r.get("fid_high") is not None:
+        half = f" ± {(r['fid_high'] - r['fid_low']) / 2:.1f}"
+    mark = TIE_MARKS.get(r.get("fid_vs_best", "worse"), "")
+    fid = f"**{r['fid']:.2f}**" if mark == "**" else f"{mark}{r['fid']:.2f}"
+    return f"{fid}{half}{pr}"
+
+
 def _board_table(board: dict) -> str:
-    """sampler × NFE: digits-FID (precision / recall)."""
+    """sampler × NFE: digits-FID ± half its interval (precision / recall), and a key to
+    the marks."""
     counts = sorted({r["steps"] for r in board["rows"]})
     cells: dict[str, dict[int, str]] = {}
     for r in board["rows"]:
-        pr = "" if r.get("precision") is None else f" ({r['precision']:.2f} / {r['recall']:.2f})"
-        cells.setdefault(r["sampler"], {})[r["steps"]] = f"{r['fid']:.2f}{pr}"
+        cells.setdefault(r["sampler"], {})[r["steps"]] = _board_cell(r)
     rows = [[name, *(c.get(k, "") for k in counts)] for name, c in cells.items()]
-    return markdown_table(rows, ["sampler", *(f"{k} NFE" for k in counts)])
+    table = markdown_table(rows, ["sampler", *(f"{k} NFE" for k in counts)])
+    return (
+        f"{table}\n\nBold: the lowest digits-FID; ≈: not significantly worse than it (paired "
+        "bootstrap of the difference, 95%: every row is drawn with the same seed); ± half a "
+        "95% bootstrap interval. Numbers from this many samples are comparable only with "
+        "each other (docs/evaluation.md)."
+    )
 
 
 def _conditional_figure(cond: dict) -> tuple[str, Path, str]:

@@ -19,17 +19,13 @@ import numpy as np
 import torch
 
 from iddpm import distributed
-from iddpm._io import write_json
-from iddpm.data.images import load_npz
 from iddpm.data.spec import load_dataset
-from iddpm.eval.features import EXTRACTORS, classifier_confidence, get_extractor
-from iddpm.eval.fid import FeatureExtractor, FeatureStats, fid_from_stats
-from iddpm.eval.precision_recall import precision_recall
-from iddpm.workflows import runtime
+from iddpm.eval.bootstrap import interval
+from iddpm.eval.features import EXTRACTORS, get_extractor
+from iddpm.eval.fid import FeatureExtractor, FeatureStats
+from iddpm.eval.scorer import ReferenceFeatures, SampleScorer, ScoreOptions
 from iddpm.workflows.guidance import requested_class_accuracy
 from iddpm.workflows.plan import SamplingPlan
-from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.runs import check_output_file
 from iddpm.workflows.sample import write_samples
 
 FEATURES = EXTRACTORS  # what --features offers
@@ -106,34 +102,62 @@ def reference(
     return Reference(stats, ref, features[:PR_MAX_FEATURES])
 
 
+BOOTSTRAP = 100  # replicates behind the intervals of sweeps and the demo's leaderboard
+KID_SUBSETS = 10  # KID's subsets in sweeps (a row stays fast; `iddpm fid` uses 100)
+
+
 def score(
     images: np.ndarray,
     extractor: FeatureExtractor,
     ref: Reference,
     batch_size: int = 256,
     labels: np.ndarray | None = None,
+    replicates: int = 0,
 ) -> dict[str, Any]:
-    """FID of uint8 images [N, H, W, C] against the reference; precision and recall (k = 3)
-    when the reference has features and both sets have more than k images; on the digits
-    also the classifier's confidence (share of samples with p ≥ 0.9 and friends) and, for
-    samples asked for classes `labels` [N], the share it labels as asked
+    """Every metric of uint8 images [N, H, W, C] against the reference (`eval.scorer`:
+    FID, Inception Score, KID and precision/recall (k = 3) when the reference has features,
+    the classifier's confidence on the digits) with `replicates` Poisson-bootstrap
+    replicates: `fid_low`/`fid_high` bound a 95% interval, and the private key
+    "_replicates" holds each metric's replicates (index 0 the estimate) for paired
+    comparisons between rows drawn with the same seed. For samples asked for classes
+    `labels` [N], a classifier extractor also gives the share it labels as asked
     ("class_accuracy")."""
-    features, stats = image_features(extractor, images, batch_size)
-    out: dict[str, Any] = {
-        "fid": fid_from_stats(stats, ref.stats),
-        "num_samples": int(stats.count),
-        "precision": None,
-        "recall": None,
-    }
-    if ref.features is not None and min(len(ref.features), len(features)) > PR_K:
-        pr = precision_recall(ref.features, features[:PR_MAX_FEATURES], k=PR_K)
-        out.update(precision=pr.precision, recall=pr.recall)
-    if hasattr(extractor, "predict_proba"):
-        probs = extractor.predict_proba(images)
-        out.update(classifier_confidence(probs))
-        if labels is not None:
-            out["class_accuracy"] = requested_class_accuracy(probs, labels)
+    options = ScoreOptions(replicates=replicates, kid_subsets=KID_SUBSETS)
+    scorer = SampleScorer(extractor, len(images), options)
+    for lo in range(0, len(images), batch_size):
+        scorer.add(images[lo : lo + batch_size], lo)
+    features = ReferenceFeatures(ref.stats, None, ref.features)
+    values = scorer.values(features)
+    out = scorer.result(features, values)
+    out.pop("sfid", None)  # no spatial reference statistics here
+    intervals = out.pop("intervals", {})
+    for name in ("fid", "inception_score"):
+        if name in intervals:
+            out[f"{name}_low"] = intervals[name]["low"]
+            out[f"{name}_high"] = intervals[name]["high"]
+    out["_replicates"] = values
+    if labels is not None and hasattr(extractor, "predict_proba"):
+        out["class_accuracy"] = requested_class_accuracy(extractor.predict_proba(images), labels)
     return out
+
+
+def mark_ties(rows: list[dict[str, Any]], metric: str = "fid", level: float = 0.95) -> None:
+    """Mark, in place, each row whose `metric` is not significantly worse than the best
+    row's (paired bootstrap of the difference: the rows were drawn with one seed):
+    row["fid_vs_best"] = "best", "tie" (interval of the difference contains 0) or "worse".
+    Rows without replicates are left alone; the private "_replicates" are removed."""
+    scored = [r for r in rows if "_replicates" in r and metric in r["_replicates"]]
+    if scored:
+        best = min(scored, key=lambda r: r[metric])
+        ref = best["_replicates"][metric]
+        for r in scored:
+            if r is best:
+                r[f"{metric}_vs_best"] = "best"
+                continue
+            diff = interval(r["_replicates"][metric] - ref, level)
+            r[f"{metric}_vs_best"] = "tie" if diff.low <= 0.0 else "worse"
+    for r in rows:
+        r.pop("_replicates", None)
 
 
 def sample_and_score(
@@ -141,54 +165,23 @@ def sample_and_score(
     extractor: FeatureExtractor,
     ref: Reference,
     save_as: Path | None = None,
+    replicates: int = 0,
 ) -> dict[str, Any]:
-    """Draw the plan's samples, score them, optionally save them (save_as: .npz, with a
-    .png grid beside it). Returns the scores and timings (and the images)."""
+    """Draw the plan's samples, score them (`score`), optionally save them (save_as: .npz,
+    with a .png grid beside it). Returns the scores and timings (and the images)."""
     samples, seconds = plan.draw_all()
     row: dict[str, Any] = {"sample_seconds": round(seconds, 3), **plan.cost()}
     if save_as is not None:
         row.update(write_samples(samples, save_as, save_as.with_suffix(".png")))
-    row.update(score(samples.images, extractor, ref, plan.request.batch_size, samples.labels))
+    row.update(
+        score(
+            samples.images,
+            extractor,
+            ref,
+            plan.request.batch_size,
+            labels=samples.labels,
+            replicates=replicates,
+        )
+    )
     row["images"] = samples.images
     return row
-
-
-@dataclass(frozen=True)
-class FidJob:
-    """FID of the samples in `samples` (.npz) against `ref` (data SPEC or stats .npz)."""
-
-    samples: Path
-    ref: str
-    ref_split: str = "train"
-    features: str = "digits"
-    batch_size: int = 256
-    save_ref: Path | None = None
-
-
-def fid_of_files(
-    job: FidJob, device: torch.device | str = "cpu", progress: Progress = silent
-) -> dict[str, Any]:
-    """The `iddpm fid` job; the summary is also written to SAMPLES.fid.json."""
-    out = job.samples.with_suffix(".fid.json")
-    check_output_file(out, "SAMPLES")
-    if job.save_ref is not None:
-        check_output_file(job.save_ref, "--save-ref")
-    images = load_npz(job.samples).images
-    extractor = extractor_for(job.features, device)
-    with progress("reference features", None, "task"):
-        ref = reference(job.ref, job.ref_split, extractor, job.batch_size)
-    with progress("sample features", None, "task"):
-        scores = score(images, extractor, ref, job.batch_size)
-    result: dict[str, Any] = {
-        **scores,
-        "features": extractor.name,
-        "comparable_to_inception": extractor.comparable_to_inception,
-        "num_ref": int(ref.stats.count) if ref.stats.count else None,
-        "samples": str(job.samples),
-        "ref": job.ref,
-    }
-    if runtime.is_main():
-        if job.save_ref is not None:
-            result["saved_ref"] = str(ref.stats.save(job.save_ref))
-        write_json(out, result)
-    return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from iddpm._io import TMP_PREFIX
 from iddpm.checkpoint import (
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -115,3 +116,32 @@ def check_new_run(
     check_writable_dir(run, flag)
     if has_checkpoints(run) and not overwrite:
         raise FileExistsError(f"{flag} {run} already holds a run; {hint}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same inode when both exist: links count)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs_spare_inputs(outputs: dict[str, Path], inputs: list[Path]) -> None:
+    """No output (flag → path) is one of the job's input files: writing it would destroy
+    the data the job reads (checked before any work)."""
+    for flag, out in outputs.items():
+        for inp in inputs:
+            if same_file(out, inp):
+                raise ValueError(
+                    f"{flag} {out} is also an input of this job ({inp}) and would be "
+                    "overwritten; choose another file name"
+                )
+
+
+def remove_stale_temporaries_of(path: Path) -> None:
+    """Delete what a killed earlier writer of `path` left beside it (its atomic write's
+    temporary file, named TMP_PREFIX + the file name + "." + a pid)."""
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.glob(f"{TMP_PREFIX}{path.name}.*"):
+        if entry.name[len(TMP_PREFIX) + len(path.name) + 1 :].isdigit():
+            entry.unlink(missing_ok=True)

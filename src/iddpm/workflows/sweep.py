@@ -22,7 +22,13 @@ from iddpm.workflows.nll import bits_per_dim_of
 from iddpm.workflows.plan import SamplingPlan
 from iddpm.workflows.plots import plot_metric_vs_steps
 from iddpm.workflows.progress import Progress, silent
-from iddpm.workflows.quality import extractor_for, reference, sample_and_score
+from iddpm.workflows.quality import (
+    BOOTSTRAP,
+    extractor_for,
+    mark_ties,
+    reference,
+    sample_and_score,
+)
 from iddpm.workflows.runs import check_writable_dir, run_of
 from iddpm.workflows.sample import num_steps
 from iddpm.workflows.steps import StepsJob, schedules
@@ -34,12 +40,14 @@ OPTIMAL = "bound-optimal"
 @dataclass(frozen=True)
 class SweepJob:
     """Every (sampler, step count) pair of `samplers` × `steps` ("full" = all T steps):
-    `num` samples each, scored (FID, precision/recall) against `ref` (default: the training
-    data); with `nll_images` > 0 also the K-step bound on that many test images where the
-    sampler has one. `spacing` prefixes plain counts ("trailing" turns "10" into
-    "trailing10"; "best": each sampler's registered `spacing`); with `nfe`, plain counts are
-    network-call budgets (K: the most steps that fit, e.g. 5 for Heun at 10 calls);
-    `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
+    `num` samples each, scored (FID with a 95% bootstrap interval, IS, KID, precision/
+    recall) against `ref` (default: the training data), and each row marked "best", "tie"
+    (not significantly worse than the best: paired bootstrap, the rows share their seed) or
+    "worse" under fid_vs_best; with `nll_images` > 0 also the K-step bound on that many
+    test images where the sampler has one. `spacing` prefixes plain counts ("trailing" turns
+    "10" into "trailing10"; "best": each sampler's registered `spacing`); with `nfe`, plain
+    counts are network-call budgets (K: the most steps that fit, e.g. 5 for Heun at 10
+    calls); `optimal_steps` adds the ancestral sampler on the bound-optimal K-step
     schedule (`iddpm steps`, costs on `steps_images` training images) as its own rows."""
 
     checkpoint: Path
@@ -148,6 +156,7 @@ def sweep(
     extractor = extractor_for(job.features, device)
     ref = reference(job.ref or loaded.config.train.data, "train", extractor, job.batch_size)
     rows = [_row(job, entry, extractor, ref, out_dir) for entry in entries]
+    mark_ties(rows)  # every row is drawn with one seed: paired differences to the best
     result: dict[str, Any] = {"rows": rows, "features": extractor.name}
     if runtime.is_main():
         result.update(_write(out_dir, rows, extractor.name))
@@ -161,7 +170,7 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
     tag = plan.request.sampler + ("" if entry.schedule == "even" else f"-{entry.schedule}")
     tag += guidance_tag(plan.request)
     npz = out_dir / f"samples_{tag}_{k}steps.npz"
-    scores = sample_and_score(plan, extractor, ref, save_as=npz)
+    scores = sample_and_score(plan, extractor, ref, save_as=npz, replicates=BOOTSTRAP)
     scores.pop("images")
     row = {
         "sampler": entry.label,
