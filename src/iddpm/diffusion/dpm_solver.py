@@ -337,16 +337,20 @@ def sde_dpm_solver_pp_steps(
     return drive(sde_dpm_solver_pp_loop, model_fn, diffusion, **kwargs)
 
 
+# One help text for the option every DPM-Solver++ entry shares (the CLI joins differing ones).
+MAX_STEP_RATIO_HELP = (
+    "dpmpp*: a step longer in lambda than this times the previous one is taken at first "
+    "order (inf: never)"
+)
+
+
 @dataclass(frozen=True)
 class DPMOptions:
     """DPM-Solver++ multistep: the long-step safeguard (module docstring)."""
 
     max_step_ratio: float = dataclasses.field(
         default=MAX_STEP_RATIO,
-        metadata={
-            "help": "dpmpp*: a step longer in lambda than this times the previous one is "
-            "taken at first order (inf: never)"
-        },
+        metadata={"help": MAX_STEP_RATIO_HELP},
     )
 
     def __post_init__(self) -> None:
@@ -368,7 +372,7 @@ class SDEOptions:
     )
     max_step_ratio: float = dataclasses.field(
         default=MAX_STEP_RATIO,
-        metadata={"help": "dpmpp*: the long-step safeguard (see dpmpp2m)"},
+        metadata={"help": MAX_STEP_RATIO_HELP},
     )
 
     def __post_init__(self) -> None:
