@@ -24,12 +24,16 @@ def test_reduced_demo_writes_report_and_headline(tmp_path) -> None:
     assert headline["bpd"] > 0 and headline["nll_images"] == 2
     for key in ("fid_5steps", "fid_40steps", "confident_fraction_5steps"):
         assert key in headline
-    board = headline["leaderboard_fid"]  # every leaderboard sampler at every NFE
+    board = headline["leaderboard_fid"]  # every leaderboard sampler at every call budget
     samplers = ("ancestral", "ddim", "dpmpp2m", "dpmpp2m-sde", "analytic", "unipc", "ipndm")
-    calls = {"heun": (5, 9, 19)}  # 2K - 1 calls: the most that fit in 5, 10, 20
-    expected = {f"{s}_{k}" for s in samplers for k in (5, 10, 20)}
-    assert set(board) == expected | {f"heun_{k}" for k in calls["heun"]}
+    samplers += ("heun",)  # 2K - 1 calls: 5, 9, 19 in the budgets 5, 10, 20
+    assert set(board) == {f"{s}_{k}" for s in samplers for k in (5, 10, 20)}
     assert "Sample quality per network call" in (run / "report.md").read_text()
+    # one column per budget: Heun's 9 calls stand under "10 NFE", not under a column of its own
+    assert "| sampler | 5 NFE | 10 NFE | 20 NFE |" in (run / "report.md").read_text()
+    heun = json.loads((run / "leaderboard" / "sweep.json").read_text())["rows"]
+    heun = [(r["nfe"], r["nfe_budget"]) for r in heun if r["sampler"].startswith("heun")]
+    assert heun == [(5, 5), (9, 10), (19, 20)]
     assert json.loads((run / "demo_result.json").read_text()) == headline
     report = (run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)

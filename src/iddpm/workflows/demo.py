@@ -176,7 +176,8 @@ def run_demo(
         headline[f"class_accuracy_w{row['guidance_scale']:g}"] = row["class_accuracy"]
     board = _leaderboard(job, device, progress)
     headline["leaderboard_fid"] = {
-        f"{r['sampler']}_{r.get('nfe', r['steps'])}": r["fid"] for r in board.get("rows", [])
+        f"{r['sampler']}_{r.get('nfe_budget') or r['steps']}": r["fid"]
+        for r in board.get("rows", [])
     }
     stats = dataclasses.replace(job.stats, num_images=min(job.stats.num_images, AUDIT_IMAGES))
     training = None  # a run shorter than one logging interval has no curves to report

@@ -79,6 +79,7 @@ class Entry:
     plan: SamplingPlan
     label: str
     schedule: str
+    budget: int | None = None  # the network-call budget asked for (--nfe), if any
 
 
 def _spec(job: SweepJob, text: str, num_timesteps: int, name: str = "") -> str:
@@ -120,7 +121,8 @@ def _plan(job: SweepJob, loaded: LoadedModel, ctx: JobContext) -> list[Entry]:
                 plan = SamplingPlan(loaded, request, ctx, classifier=classifier)
                 classifier = plan.classifier  # loaded (and checked) once
                 label = plan.label + guidance_label(request)
-                entries.append(Entry(plan, label, _spacing_name(job, name)))
+                budget = int(text) if job.nfe and text.isdigit() else None
+                entries.append(Entry(plan, label, _spacing_name(job, name), budget))
     if job.optimal_steps:
         counts = tuple(sorted({num_steps(loaded, s) for s in specs}))
         steps_job = StepsJob(job.checkpoint, nfe=counts, num_images=job.steps_images,
@@ -179,6 +181,7 @@ def _row(job: SweepJob, entry: Entry, extractor, ref, out_dir: Path) -> dict[str
         "nfe": plan.calls,
         "spec": plan.request.steps,
         "guidance_scale": plan.request.guidance_scale,
+        "nfe_budget": entry.budget,
     }
     if plan.request.classifier:
         row["classifier_scale"] = plan.request.classifier_scale
