@@ -10,6 +10,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -194,6 +195,44 @@ def compile_option(func: Callable) -> Callable:
         is_flag=True,
         help="torch.compile the network (pays for long jobs; cache kept in RUN/cache)",
     )(func)
+
+
+def run_options(default_dir: str, holds: str) -> Callable[[Callable], Callable]:
+    """--run-dir, --resume, --max-minutes and --print-config, shared by the commands that
+    train (train, train-classifier); `holds` says what the run folder receives."""
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(
+            [
+                click.option(
+                    "--run-dir",
+                    type=click.Path(path_type=Path),
+                    default=Path(default_dir),
+                    show_default=True,
+                    help=f"where {holds} go (must not hold a run unless --resume)",
+                ),
+                click.option(
+                    "--resume",
+                    is_flag=True,
+                    help="continue exactly from the run's latest checkpoint",
+                ),
+                click.option(
+                    "--max-minutes",
+                    type=click.FloatRange(min=0, min_open=True),
+                    default=None,
+                    help="stop (with a checkpoint) after this much training time",
+                ),
+                click.option(
+                    "--print-config",
+                    is_flag=True,
+                    help="print the resolved config as JSON and exit",
+                ),
+            ]
+        ):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 POSITIVE = click.IntRange(min=1)

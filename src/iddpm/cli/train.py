@@ -10,7 +10,13 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import apply_overrides, changed_fields, experiment_options, flag_name
+from iddpm.cli.options import (
+    apply_overrides,
+    changed_fields,
+    experiment_options,
+    flag_name,
+    run_options,
+)
 from iddpm.config import ExperimentConfig, differences
 from iddpm.presets import PRESETS
 from iddpm.workflows.monitor import OverfittingWarning, drop_unsupported_defaults
@@ -32,21 +38,7 @@ from iddpm.workflows.train import train as train_job
     default=None,
     help="start from a config.json instead of a preset",
 )
-@click.option(
-    "--run-dir",
-    type=click.Path(path_type=Path),
-    default=Path("runs/train"),
-    show_default=True,
-    help="where checkpoints, metrics and samples go (must not hold a run unless --resume)",
-)
-@click.option("--resume", is_flag=True, help="continue exactly from the run's latest checkpoint")
-@click.option(
-    "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="stop (with a checkpoint) after this much training time",
-)
-@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+@run_options("runs/train", "checkpoints, metrics and samples")
 @experiment_options
 @job_command
 def train(

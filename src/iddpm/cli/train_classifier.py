@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import apply_overrides, changed_fields, experiment_options
+from iddpm.cli.options import apply_overrides, changed_fields, experiment_options, run_options
 from iddpm.workflows.train_classifier import (
     DEFAULT_CLASSIFIER_STEPS,
     classifier_base,
@@ -27,21 +27,7 @@ from iddpm.workflows.train_classifier import (
     "channels, architecture and classes",
 )
 @click.option("--preset", default=None, help="start from a preset instead of --model")
-@click.option(
-    "--run-dir",
-    type=click.Path(path_type=Path),
-    default=Path("runs/classifier"),
-    show_default=True,
-    help="where the classifier's checkpoints and metrics go (must not hold a run unless --resume)",
-)
-@click.option("--resume", is_flag=True, help="continue exactly from the run's latest checkpoint")
-@click.option(
-    "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="stop (with a checkpoint) after this much training time",
-)
-@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+@run_options("runs/classifier", "the classifier's checkpoints and metrics")
 @experiment_options
 @job_command
 def train_classifier_command(
