@@ -82,7 +82,7 @@ def nll(
     "--bootstrap",
     type=int,
     default=None,
-    help="B replicates: a 95%% interval for every metric (Poisson bootstrap of the samples)",
+    help="B replicates: a 95% interval for every metric (Poisson bootstrap of the samples)",
 )
 @click.option(
     "--shard-size",
