@@ -141,7 +141,9 @@ LONG_JOBS = {
 @pytest.mark.slow
 @SIGNALS
 @pytest.mark.parametrize("command", list(LONG_JOBS))
-def test_interrupted_sample_and_nll_leave_no_files(command, sig, trained, tmp_path) -> None:
+def test_interrupted_sample_and_nll_leave_only_their_job_folder(
+    command, sig, trained, tmp_path
+) -> None:
     shutil.copytree(trained, tmp_path / "run")
     before = tree_state(tmp_path)
     with Child([command, "run", *LONG_JOBS[command]], tmp_path) as child:
@@ -152,7 +154,15 @@ def test_interrupted_sample_and_nll_leave_no_files(command, sig, trained, tmp_pa
     what = "interrupted" if sig == signal.SIGINT else "terminated"
     assert lines == [f"iddpm: {what}"], lines
     assert out == ""
-    assert tree_state(tmp_path) == before  # nothing written, nothing half-written
+    # nothing half-written: what is new lies in the job folder a rerun resumes from (its
+    # manifest and complete shards), and no result file exists yet
+    after = tree_state(tmp_path)
+    assert {path: after.get(path) for path in before} == before  # nothing that existed changed
+    new = set(after) - set(before)
+    jobs = {p for p in new if any(part.endswith(".job") for part in Path(p).parts)}
+    folders = {str(parent) for p in jobs for parent in Path(p).parents}  # e.g. --out-dir
+    assert new <= jobs | folders and all(after[p] == "dir" for p in new - jobs), new
+    assert not [p for p in new if ".tmp" in p], new
 
 
 def test_second_ctrl_c_during_a_checkpoint_save_lets_it_finish(tmp_path, monkeypatch) -> None:
