@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from iddpm.cli._command import job_command
-from iddpm.cli.options import bound_options, compile_option, pop_stats_config, stats_options
+from iddpm.cli.options import (
+    bound_options,
+    compile_option,
+    pop_stats_config,
+    shard_options,
+    stats_options,
+)
 from iddpm.config import SPLITS, EvalConfig
 from iddpm.workflows.fid import SHARD_SIZE, FidJob, check_replicates, fid_of_files
 from iddpm.workflows.nll import SHARD_SIZE as NLL_SHARD_SIZE
@@ -23,19 +29,7 @@ POSITIVE = click.IntRange(min=1)
 @bound_options
 @click.option("--ema/--no-ema", default=True, show_default=True, help="use EMA weights")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=None, help="output folder")
-@click.option(
-    "--shard-size",
-    type=POSITIVE,
-    default=NLL_SHARD_SIZE,
-    show_default=True,
-    help="images per shard: a killed job rerun with the same command resumes from them",
-)
-@click.option(
-    "--job-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="keep the shards here (default: OUT_DIR/<tag>.job, removed when done)",
-)
+@shard_options(NLL_SHARD_SIZE, "images", "OUT_DIR/<tag>.job")
 @compile_option
 @stats_options
 @job_command
@@ -84,19 +78,7 @@ def nll(
     default=None,
     help="B replicates: a 95% interval for every metric (Poisson bootstrap of the samples)",
 )
-@click.option(
-    "--shard-size",
-    type=int,
-    default=SHARD_SIZE,
-    show_default=True,
-    help="samples per shard of the resumable feature pass",
-)
-@click.option(
-    "--job-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="keep the feature shards here (default: beside --out, removed when done)",
-)
+@shard_options(SHARD_SIZE, "samples of the feature pass", "beside --out")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -235,6 +235,28 @@ def run_options(default_dir: str, holds: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def shard_options(default: int, shard: str, job_dir: str) -> Callable[[Callable], Callable]:
+    """--shard-size and --job-dir of the resumable jobs (sample, nll, fid): `shard` says
+    what a shard holds, `job_dir` where the shards live by default."""
+
+    def decorate(func: Callable) -> Callable:
+        func = click.option(
+            "--job-dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help=f"keep the shards here (default: {job_dir}, removed when done)",
+        )(func)
+        return click.option(
+            "--shard-size",
+            type=click.IntRange(min=1),
+            default=default,
+            show_default=True,
+            help=f"{shard} per shard: a killed job rerun with the same command resumes from them",
+        )(func)
+
+    return decorate
+
+
 POSITIVE = click.IntRange(min=1)
 _BOUND_OPTIONS = [
     click.option("--data", default="", help="data SPEC (default: the data the model trained on)"),

@@ -14,6 +14,7 @@ from iddpm.cli.options import (
     pop_stats_config,
     sampler_choice,
     sampler_options,
+    shard_options,
     stats_options,
 )
 from iddpm.config import SampleConfig
@@ -77,19 +78,7 @@ STEPS_HELP = (
     default=None,
     help="also write one PNG per sample here (<index>[_label<y>].png; new or empty folder)",
 )
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=SHARD_SIZE,
-    show_default=True,
-    help="samples per shard: a killed job rerun with the same command resumes from them",
-)
-@click.option(
-    "--job-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="keep the shards here (default: OUT-stem.job beside --out, removed when done)",
-)
+@shard_options(SHARD_SIZE, "samples", "OUT-stem.job beside --out")
 @compile_option
 @stats_options
 @job_command
